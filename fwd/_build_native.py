@@ -1,0 +1,41 @@
+"""cffi build script (API mode, out of line) for the C packet core.
+
+The cdef is read from native/fwd_api.h between its cdef markers, so the header
+stays the single source of truth for what Python may call.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from cffi import FFI
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NATIVE = ROOT / "native"
+CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-fno-strict-aliasing"]
+
+
+def api_declarations() -> str:
+    text = (NATIVE / "fwd_api.h").read_text()
+    start = text.index("/* cdef-begin */") + len("/* cdef-begin */")
+    return text[start : text.index("/* cdef-end */")]
+
+
+def native_sources() -> list[str]:
+    # Every top-level .c file under native/ is part of the core; tools and BPF
+    # programs live in subfolders.
+    return sorted(str(p.relative_to(ROOT)) for p in NATIVE.glob("*.c"))
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(api_declarations())
+ffibuilder.set_source(
+    "fwd._fwd_native",
+    '#include "fwd_api.h"\n',
+    sources=native_sources(),
+    include_dirs=[str(NATIVE)],
+    extra_compile_args=CFLAGS,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
