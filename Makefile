@@ -10,8 +10,8 @@ setup:
 build: setup
 
 lint: setup
-	.venv/bin/ruff check fwd tests examples
-	.venv/bin/ruff format --check fwd tests examples
+	.venv/bin/ruff check fwd tests examples bench
+	.venv/bin/ruff format --check fwd tests examples bench
 
 test: setup lint
 	$(PY) -m pytest -q tests
@@ -23,7 +23,7 @@ pcap-tests: setup
 	$(PY) -m pytest -q tests/pcap
 
 bench-core: setup
-	$(PY) -m fwd.bench_core
+	$(PY) bench/bench_core.py
 
 bench: bench-core
 

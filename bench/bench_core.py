@@ -1,0 +1,186 @@
+"""make bench-core: the packet core and the table builder on one core.
+
+Prints ns/packet and Mpps for copy+fwd_process over an in-memory mix of frames,
+next to a loop that only copies the same frames (the floor), and the table
+timings (full build, health change, add, remove). Figures drift on a shared
+machine, so each is the median of several runs taken side by side; the report
+also lands in bench-report/core.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+from scapy.layers.l2 import Dot1Q, Ether
+
+from fwd.config import Backend, load_config
+from fwd.dataplane import Dataplane
+from fwd.table import ForwardingTable
+
+CONFIG = """
+[node]
+tunnel_source = "192.0.2.10"
+tunnel_source6 = "2001:db8::10"
+mtu = 1500
+forward_icmp_echo = true
+
+[[tables]]
+name = "v4"
+hash_key = "12345678901234561234567890123456"
+seed = "34567890123456783456789012345678"
+  [[tables.binds]]
+  ip = "198.51.100.0/24"
+  proto = "tcp"
+  port_start = 80
+  port_end = 443
+  [[tables.binds]]
+  ip = "198.51.100.10"
+  proto = "udp"
+  port = 53
+{v4_backends}
+
+[[tables]]
+name = "v6"
+hash_key = "abcdef0123456789abcdef0123456789"
+seed = "0123456789abcdef0123456789abcdef"
+  [[tables.binds]]
+  ip = "2001:db8:100::/64"
+  proto = "tcp"
+  port = 443
+  hash_fields = ["src_addr", "src_port"]
+{v6_backends}
+"""
+
+
+def backends_toml(addrs: list[str]) -> str:
+    return "\n".join(f'  [[tables.backends]]\n  ip = "{a}"' for a in addrs)
+
+
+def frame_mix() -> list[bytes]:
+    mac = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+    frames = []
+    for i in range(64):
+        client4 = f"203.0.113.{i + 1}"
+        client6 = f"2001:db8:c::{i + 1:x}"
+        sport = 10000 + i * 7
+        frames += [
+            Ether(**mac) / IP(src=client4, dst="198.51.100.10") / TCP(sport=sport, dport=80, flags="A"),
+            Ether(**mac) / IP(src=client4, dst="198.51.100.20") / TCP(sport=sport, dport=443) / (b"x" * 200),
+            Ether(**mac) / IP(src=client4, dst="198.51.100.10") / UDP(sport=sport, dport=53) / (b"q" * 40),
+            Ether(**mac) / IPv6(src=client6, dst="2001:db8:100::1") / TCP(sport=sport, dport=443, flags="A"),
+            Ether(**mac) / Dot1Q(vlan=10) / IP(src=client4, dst="198.51.100.10") / TCP(sport=sport, dport=80),
+            Ether(**mac) / IP(src=client4, dst="198.51.100.10") / ICMP(type=8, id=i),
+            Ether(**mac)
+            / IPv6(src=client6, dst="2001:db8:100::1")
+            / IPv6ExtHdrFragment(id=i, m=1)
+            / (b"f" * 64),
+            Ether(**mac) / IP(src=client4, dst="192.0.2.99") / TCP(sport=sport, dport=22),  # not a VIP: PASS
+        ]
+    return [bytes(f) for f in frames]
+
+
+def median_run(fn, repeats: int) -> float:
+    return statistics.median(fn() for _ in range(repeats))
+
+
+def bench_packets(dp: Dataplane, frames: list[bytes], iterations: int, repeats: int) -> dict[str, float]:
+    runs = [dp.bench(frames, iterations) for _ in range(repeats)]
+    core = statistics.median(r["core_ns_per_pkt"] for r in runs)
+    floor = statistics.median(r["copy_ns_per_pkt"] for r in runs)
+    return {"core_ns": core, "floor_ns": floor, "ratio": core / floor, "mpps": 1e3 / core}
+
+
+def v4_backends(n: int, state: str = "active", healthy: bool = True) -> list[Backend]:
+    base = int(ipaddress.IPv4Address("10.0.0.1"))
+    return [Backend(ipaddress.IPv4Address(base + i), state, healthy) for i in range(n)]
+
+
+def bench_table(repeats: int) -> dict[str, float]:
+    seed, key = bytes(range(16)), bytes(range(16, 32))
+    out: dict[str, float] = {}
+    for n in (256, 1000):
+        out[f"full_build_{n}_ms"] = 1e3 * median_run(
+            lambda n=n: timed(lambda: ForwardingTable(seed, key, False, v4_backends(n))), max(1, repeats // 2)
+        )
+    table = ForwardingTable(seed, key, False, v4_backends(1000))
+    base = v4_backends(1000)
+    sick = list(base)
+    sick[500] = Backend(base[500].address, "active", False)
+    drain = list(base)
+    drain[123] = Backend(base[123].address, "draining", True)
+    grown = base + v4_backends(1001)[1000:]
+    shrunk = base[:700] + base[701:]
+    cases = {"health_change": sick, "state_change": drain, "add_one": grown, "remove_one": shrunk}
+    for name, new in cases.items():
+        times = []
+        for _ in range(repeats):
+            table.set_backends(base)
+            times.append(table.set_backends(new).seconds)
+        out[f"{name}_1000_ms"] = 1e3 * statistics.median(times)
+    return out
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=2000, help="rounds over the frame mix per run")
+    ap.add_argument("--repeats", type=int, default=7, help="runs per figure (the median is reported)")
+    ap.add_argument("--report", default="bench-report/core.md")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.toml")
+        v4 = [f"10.0.0.{i}" for i in range(1, 9)]
+        v6 = [f"2001:db8:b::{i}" for i in range(1, 5)]
+        with open(path, "w") as f:
+            f.write(CONFIG.format(v4_backends=backends_toml(v4), v6_backends=backends_toml(v6)))
+        cfg = load_config(path)
+    dp = Dataplane(cfg)
+    frames = frame_mix()
+    verdicts: dict[str, int] = {}
+    for r in dp.process_many(frames):
+        verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
+
+    pk = bench_packets(dp, frames, args.iterations, args.repeats)
+    tb = bench_table(args.repeats)
+    lines = [
+        "# bench-core",
+        "",
+        f"Frames: {len(frames)} in the mix ({', '.join(f'{k} {v}' for k, v in sorted(verdicts.items()))}), "
+        f"{args.iterations} rounds per run, median of {args.repeats} runs, one core.",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
+        f"| core: copy + fwd_process | {pk['core_ns']:.1f} ns/packet ({pk['mpps']:.2f} Mpps) | ≤ 60 ns |",
+        f"| floor: copy only | {pk['floor_ns']:.1f} ns/packet | |",
+        f"| core / floor | {pk['ratio']:.2f}× | ≤ 3× |",
+        f"| table full build, 256 backends | {tb['full_build_256_ms']:.0f} ms | ≤ 1000 ms |",
+        f"| table full build, 1,000 backends | {tb['full_build_1000_ms']:.0f} ms | |",
+        f"| health change at 1,000 backends | {tb['health_change_1000_ms']:.2f} ms | ≤ 10 ms |",
+        f"| state change (draining) at 1,000 | {tb['state_change_1000_ms']:.2f} ms | ≤ 10 ms |",
+        f"| add one backend at 1,000 | {tb['add_one_1000_ms']:.2f} ms | ≤ 10 ms |",
+        f"| remove one backend at 1,000 | {tb['remove_one_1000_ms']:.2f} ms | ≤ 10 ms |",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(args.report) or ".", exist_ok=True)
+    with open(args.report, "w") as f:
+        f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
