@@ -184,7 +184,16 @@ def _parse_toml(text: str, path: str) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "(file)", f"invalid TOML: {e}") from None
+        try:
+            other = json.loads(text)
+        except ValueError:
+            raise ConfigError(path, "(file)", f"invalid TOML: {e}") from None
+        raise ConfigError(
+            path,
+            "(file)",
+            f"neither TOML nor a GLB forwarding table: JSON {type(other).__name__} at the top level "
+            '(a GLB forwarding table is a JSON object: {"tables": [...]})',
+        ) from None
     return _Loader(path, "toml").config(data)
 
 
@@ -537,7 +546,7 @@ class _Loader:
                     if ports_meet and first <= olast and ofirst <= last:
                         self.fail(
                             path,
-                            f"ambiguous: {_describe(b)} overlaps {opath} ({_describe(ob)}); "
+                            f"ambiguous: {describe_bind(b)} overlaps {opath} ({describe_bind(ob)}); "
                             "a packet could match both",
                         )
                 group.append((path, b, first, last))
@@ -560,11 +569,7 @@ class _Loader:
                 )
 
 
-def _describe(b: Bind) -> str:
-    ports = f"port {b.port_lo}" if b.port_lo == b.port_hi else f"ports {b.port_lo}-{b.port_hi}"
-    return f"{b.proto} {b.prefix} {ports}"
-
-
 def describe_bind(b: Bind) -> str:
     """Human form of a bind, e.g. ``tcp 192.0.2.1/32 port 80``."""
-    return _describe(b)
+    ports = f"port {b.port_lo}" if b.port_lo == b.port_hi else f"ports {b.port_lo}-{b.port_hi}"
+    return f"{b.proto} {b.prefix} {ports}"

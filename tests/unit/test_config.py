@@ -771,6 +771,11 @@ def test_invalid_json_has_line(tmp_path: Path) -> None:
     assert "line 3" in e.reason and "GLB" in e.reason
 
 
+def test_json_array_is_not_toml(tmp_path: Path) -> None:
+    e = expect_error(write(tmp_path, "[1, 2]\n", "json"), "(file)", "neither TOML nor a GLB forwarding table")
+    assert "JSON list" in e.reason
+
+
 def test_json_nan_rejected(tmp_path: Path) -> None:
     text = json.dumps(json_base()).replace('"port": 80', '"port": NaN')
     expect_error(write(tmp_path, text, "json"), "(file)", "NaN")
