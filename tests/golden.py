@@ -1115,6 +1115,58 @@ def fwd_config(model: ModelConfig, path: str = "<golden>"):
     return fc.Config(path=path, format="toml", node=node, tables=tables)
 
 
+def new_dataplane(name: str):
+    """A fresh fwd.dataplane.Dataplane for golden config `name` (MAC overrides included)."""
+    from fwd.dataplane import Dataplane
+
+    model = configs()[name].model
+    cfg = fwd_config(model, f"<{name}>")
+    return Dataplane(cfg, src_mac=model.node.src_mac, dst_mac=model.node.dst_mac)
+
+
+_DATAPLANES: dict = {}
+
+
+def dataplane(name: str):
+    """A shared Dataplane per golden config (counters accumulate: use new_dataplane to count)."""
+    if name not in _DATAPLANES:
+        _DATAPLANES[name] = new_dataplane(name)
+    return _DATAPLANES[name]
+
+
+PARSE_DROPS = ("truncated", "bad_ipv4", "bad_ipv6", "bad_l4", "bad_icmp")
+
+
+def compare(e, r) -> list[str]:
+    """Differences between the model's Expected e and fwd's Result r, one line each.
+
+    bind/table are not compared for drops decided while parsing (whether a bind was
+    already chosen then is not part of the contract); row, hash and backends only when
+    the model hashed a flow; the GUE port only for FORWARD.
+    """
+    out = []
+
+    def field(name, want, got):
+        if want != got:
+            out.append(f"{name}: model {want!r}, fwd {got!r}")
+
+    field("verdict", e.verdict, r.verdict)
+    field("reason", e.reason, r.reason)
+    if e.reason not in PARSE_DROPS:
+        field("bind", e.bind, r.bind)
+        field("table", e.table, r.table)
+    if e.bind is not None:
+        field("row", e.row, r.row)
+        field("flow_hash", hex(e.flow_hash), hex(r.flow_hash))
+        field("primary", e.primary, r.primary)
+        field("secondary", e.secondary, r.secondary)
+    if e.verdict == "forward":
+        field("gue_sport", e.gue_sport, r.gue_sport)
+    if e.frame != r.frame:
+        out.append("output frame differs")
+    return out
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "pcap" / "data"
     for name, (toml, pcap) in write_files(target).items():
