@@ -133,6 +133,7 @@ def configs() -> dict[str, GoldenConfig]:
             ["--src-mac", "0a:00:00:00:00:01", "--dst-mac", "0a:00:00:00:00:02"],
         ),
         "golden_v4only": GoldenConfig(ModelConfig(replace(node, tunnel_src6=None), _tables()), cli=False),
+        "golden_jumbo": GoldenConfig(ModelConfig(replace(node, mtu=9000, forward_icmp_echo=True), _tables())),
     }
 
 
@@ -875,6 +876,96 @@ def fixtures() -> list[Fixture]:
             udp4(payload=b"j" * 3000, flags="DF"),
             "golden",
             "reply",
+        )
+    )
+
+    add(
+        F(
+            "ipv4 with options, oversize, DF: REPLY quotes the options",
+            tcp4(options=[IPOption_Router_Alert()], payload=big_payload, flags="DF"),
+            "golden",
+            "reply",
+        )
+    )
+    add(
+        F(
+            "icmp6 echo request, oversize: REPLY packet-too-big",
+            bytes(eth() / IPv6(src=CLIENT6, dst=VIP6) / ICMPv6EchoRequest(data=b"p" * 1500)),
+            "golden_echo",
+            "reply",
+        )
+    )
+    add(
+        F(
+            "vlan tcp6 oversize: REPLY packet-too-big keeps the tag",
+            tcp6(payload=b"x" * 1500, vlan=33),
+            "golden",
+            "reply",
+        )
+    )
+    add(
+        F(
+            "ipv6 fragment, oversize: REPLY (IPv6 is never fragmented on the way)",
+            bytes(
+                eth()
+                / IPv6(src=CLIENT6, dst=VIP6)
+                / IPv6ExtHdrFragment(nh=6, m=1, id=5)
+                / TCP(dport=80)
+                / (b"f" * 1440)
+            ),
+            "golden",
+            "reply",
+        )
+    )
+    add(
+        F(
+            "ipv6 hop-by-hop then fragment header",
+            tcp6(ext=IPv6ExtHdrHopByHop() / IPv6ExtHdrFragment(nh=6, m=1, id=0x10001)),
+            "golden",
+            "forward",
+        )
+    )
+    # MTU 9000
+    add(
+        F(
+            "mtu 9000: udp4 of 3000 bytes DF forwarded",
+            udp4(payload=b"j" * 3000, flags="DF"),
+            "golden_jumbo",
+            "forward",
+        )
+    )
+    add(F("mtu 9000: tcp6 of 8900 bytes forwarded", tcp6(payload=b"x" * 8840), "golden_jumbo", "forward"))
+    add(
+        F(
+            "mtu 9000: tcp4 of 8980 bytes DF: REPLY (quote 576)",
+            tcp4(payload=b"x" * 8940, flags="DF"),
+            "golden_jumbo",
+            "reply",
+        )
+    )
+    add(
+        F(
+            "mtu 9000: tcp6 of 9000 bytes: REPLY (quote 1280)",
+            tcp6(payload=b"x" * 8940),
+            "golden_jumbo",
+            "reply",
+        )
+    )
+    add(
+        F(
+            "mtu 9000: icmp4 echo of 8000 bytes DF forwarded",
+            bytes(eth() / IP(src=CLIENT4, dst=VIP4, flags="DF") / ICMP(type=8) / (b"p" * 7972)),
+            "golden_jumbo",
+            "forward",
+        )
+    )
+    add(
+        F(
+            "mtu 9000: tcp4 of 9000 bytes, no DF: DROP too_big",
+            tcp4(payload=b"x" * 8960),
+            "golden_jumbo",
+            "drop",
+            "too_big",
         )
     )
 
