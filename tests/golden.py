@@ -114,6 +114,91 @@ def _tables() -> list[Table]:
     ]
 
 
+def _glb_test_tables() -> list[Table]:
+    """The forwarding tables of GLB Director's own test suite (tests/glb_test_utils.py), whose
+    test_director_classify_v4/v6 expectations are literal known answers."""
+    return [
+        Table(
+            "glb-test-0",
+            HASH_KEY,
+            SEED,
+            True,
+            [Bind.make("1.1.1.1", "tcp", 80), Bind.make("1.1.1.1", "tcp", 443)],
+            _b("1.2.3.4", "2.3.4.5", "3.4.5.6"),
+        ),
+        Table(
+            "glb-test-1",
+            HASH_KEY,
+            HASH_KEY,  # seed 12345678901234561234567890123456
+            True,
+            [
+                Bind.make("1.1.1.2", "tcp", 80),
+                Bind.make("1.1.1.3", "tcp", 80),
+                Bind.make("fdb4:98ce:52d4::42", "tcp", 80),
+            ],
+            _b("4.5.6.7", "5.6.7.8", "6.7.8.9", "7.8.9.0"),
+        ),
+    ]
+
+
+# GLB Director's test suite: (description, frame, expected outer destination, expected hops)
+GLB_V6_CLIENT, GLB_V6_VIP = "fd91:79d3:d621::1234", "fdb4:98ce:52d4::42"
+
+
+def glb_published_cases() -> list[tuple[str, bytes, str, list[str]]]:
+    e = eth()  # (GLB's tests use scapy's default MACs, which depend on the host's routes)
+    return [
+        (
+            "GLB v4 test_01_route_classified_v4",
+            bytes(e / IP(src=CLIENT4, dst=VIP4) / TCP(sport=45678, dport=80)),
+            "3.4.5.6",
+            ["2.3.4.5"],
+        ),
+        (
+            "GLB v4 test_02_icmp_fragmentation_required",
+            bytes(
+                e
+                / IP(src="10.11.99.99", dst=VIP4)
+                / ICMP(type=3, code=4)
+                / IP(src=VIP4, dst=CLIENT4)
+                / TCP(sport=80, dport=45678)
+            ),
+            "3.4.5.6",
+            ["2.3.4.5"],
+        ),
+        (
+            "GLB v4 test_03_icmp_echo_request",
+            bytes(e / IP(src=CLIENT4, dst=VIP4) / ICMP(type=8, code=0)),
+            "3.4.5.6",
+            ["2.3.4.5"],
+        ),
+        (
+            "GLB v6 test_01_route_classified_v6",
+            bytes(e / IPv6(src=GLB_V6_CLIENT, dst=GLB_V6_VIP) / TCP(sport=45678, dport=80)),
+            "5.6.7.8",
+            ["6.7.8.9"],
+        ),
+        (
+            "GLB v6 test_02_icmp_fragmentation_required",
+            bytes(
+                e
+                / IPv6(src="fd91:79d3:d621::6666", dst=GLB_V6_VIP)
+                / ICMPv6PacketTooBig()
+                / IPv6(src=GLB_V6_VIP, dst=GLB_V6_CLIENT)
+                / TCP(sport=80, dport=45678)
+            ),
+            "5.6.7.8",
+            ["6.7.8.9"],
+        ),
+        (
+            "GLB v6 test_03_icmp_echo_request",
+            bytes(e / IPv6(src=GLB_V6_CLIENT, dst=GLB_V6_VIP) / ICMPv6EchoRequest()),
+            "5.6.7.8",
+            ["6.7.8.9"],
+        ),
+    ]
+
+
 @dataclass
 class GoldenConfig:
     model: ModelConfig
@@ -134,6 +219,9 @@ def configs() -> dict[str, GoldenConfig]:
         ),
         "golden_v4only": GoldenConfig(ModelConfig(replace(node, tunnel_src6=None), _tables()), cli=False),
         "golden_jumbo": GoldenConfig(ModelConfig(replace(node, mtu=9000, forward_icmp_echo=True), _tables())),
+        "glb_published": GoldenConfig(
+            ModelConfig(Node(ipaddress.ip_address("65.65.65.65"), forward_icmp_echo=True), _glb_test_tables())
+        ),
     }
 
 
@@ -1072,6 +1160,10 @@ def fixtures() -> list[Fixture]:
     add(
         F("oversize DF tcp4 with padding: reply quotes IP bytes only", big4 + b"\xee" * 30, "golden", "reply")
     )
+
+    # -- GLB Director's own test suite (known answers, checked in tests/unit/test_model.py)
+    for desc, frame, _, _ in glb_published_cases():
+        add(F(desc, frame, "glb_published", "forward"))
 
     # -- the same flows with MAC overrides
     for f in list(fx):

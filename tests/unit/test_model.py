@@ -24,7 +24,7 @@ from tests.model import gue
 from tests.model.config import Bind, ModelConfig, Node, Table
 from tests.model.packet import expect, inet_checksum
 from tests.model.siphash import siphash24, siphash24_le
-from tests.model.table import Backend, build_rows, derive, lookup, rank, sample_rows, score
+from tests.model.table import Backend, build_rows, derive, lookup, rank, row_seed, sample_rows, score
 
 # veorq/SipHash vectors.h, vectors_sip64[n]: key = 00 01 .. 0f, message = 00 01 .. (n-1)
 SIPHASH_VECTORS = {
@@ -123,6 +123,66 @@ def test_glb_example_whole_frame_by_hand():
     eth = bytes.fromhex("0200000000010200000000fe0800")  # back to the router, from fwd's MAC
     want = eth + ip + udp + gue_hdr + inner
     assert e.frame == want, gue.diff(want, e.frame)
+
+
+def test_glb_director_test_suite_routes():
+    """Literal expectations of GLB Director's test_director_classify_v4/v6 (its own test tables)."""
+    model = golden.configs()["glb_published"].model
+    for desc, frame, outer_dst, hops in golden.glb_published_cases():
+        e = expect(frame, model)
+        g = gue.decode(e.frame)
+        assert (e.verdict, g.outer_dst, g.hops, g.outer_src) == ("forward", outer_dst, hops, "65.65.65.65"), (
+            desc
+        )
+
+
+@pytest.mark.parametrize(
+    "sport, route",
+    [(45678, ["1.2.3.4", "2.3.4.5"]), (45679, ["1.2.3.4", "3.4.5.6"]), (45680, ["2.3.4.5", "3.4.5.6"])],
+)
+def test_glb_director_hash_fields_src_addr_and_port(sport, route):
+    """GLB Director's test_director_hash_fields.py, TestGLBHashFieldsSourceAddrAndPort."""
+    flow_hash = siphash24_le(GLB_KEY, ipaddress.ip_address("10.11.12.13").packed + struct.pack("!H", sport))
+    p, s = lookup(GLB_SEED, GLB_BACKENDS, True, flow_hash & 0xFFFF)
+    assert [GLB_BACKENDS[p], GLB_BACKENDS[s]] == route
+
+
+def test_glb_director_unhealthy_primary():
+    """GLB Director's test_04_reload_and_unhealthy_primary: 3.4.5.6 unhealthy -> 2.3.4.5, hop 3.4.5.6."""
+    bl = [Backend.of(a) for a in GLB_BACKENDS[:2]] + [Backend.of(("3.4.5.6", "active", False))]
+    for glb_compat in (True, False):
+        p, s = lookup(GLB_SEED, bl, glb_compat, 0x5CBD)
+        assert (GLB_BACKENDS[p], GLB_BACKENDS[s]) == ("2.3.4.5", "3.4.5.6")
+
+
+# GLB Director's test_rendezvous_table.py: seed, row -> row seed, per-host scores, order
+GLB_RT_SEED = bytes.fromhex("49a3d861d661ae5ab06ed9326871a2f5")
+GLB_RT_HOSTS = ["1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.1.4"]
+GLB_RT_ROWS = {
+    0x0000: (
+        "491c53a72df4c837",
+        ["e47127dd8fe077de", "8b1ddec5575c8634", "705425e3e522989b", "6f022ce1ea607e16"],
+        [3, 2, 1, 0],
+    ),
+    0xFFFF: (
+        "f223c0cc65161620",
+        ["0233ef12d7a983d9", "6414aa65f0a10601", "af48ea8c83867829", "a1f610df9fbb2025"],
+        [0, 1, 3, 2],
+    ),
+    0xBB44: (
+        "e290f8f430eb33d3",
+        ["3595c936c995ae63", "db40d5031678c90a", "eb798632d691530c", "0676eaf9cb7d2f85"],
+        [3, 0, 1, 2],
+    ),
+}
+
+
+@pytest.mark.parametrize("r", sorted(GLB_RT_ROWS))
+def test_glb_director_rendezvous_vectors(r):
+    row_seed_hex, scores, order = GLB_RT_ROWS[r]
+    assert row_seed(GLB_RT_SEED, r).hex() == row_seed_hex
+    assert [f"{score(GLB_RT_SEED, r, h):016x}" for h in GLB_RT_HOSTS] == scores
+    assert rank(GLB_RT_SEED, GLB_RT_HOSTS, [r])[r] == order
 
 
 # ---------------------------------------------------------------- table model
