@@ -382,6 +382,27 @@ def fixtures() -> list[Fixture]:
     add(F("udp6 just past the port range: PASS", udp6(dport=5101), "golden", "pass"))
     add(F("tcp4 with FIN/ACK and data", tcp4(payload=b"bye"), "golden", "forward"))
 
+    # -- clients landing on each backend of the web table (as primary, IPv4 and IPv6)
+    for want in range(3):
+        add(
+            F(
+                f"tcp4 from a client whose primary is web backend {want}",
+                find_frame(
+                    lambda i: tcp4(src=client(i), sport=40000 + i), lambda e, t, w=want: e.primary == w
+                ),
+                "golden",
+                "forward",
+            )
+        )
+        add(
+            F(
+                f"tcp6 from a client whose primary is web backend {want}",
+                find_frame(lambda i: tcp6(src=client(i, 6)), lambda e, t, w=want: e.primary == w),
+                "golden",
+                "forward",
+            )
+        )
+
     # -- IPv4 options, IPv6 extension headers
     add(
         F(
