@@ -51,6 +51,9 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 PACKET_OUTGOING = 4
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
 GUE_PORT = 19523
 
 CLIENT4, CLIENT6 = "10.99.1.2", "fd99:1::2"
@@ -203,6 +206,7 @@ class Capture:
     def __init__(self, ns: str, ifname: str, rcvbuf: int = 64 << 20):
         self.ns, self.ifname = ns, ifname
         self.sock = packet_socket(ns, ifname, rcvbuf)
+        self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         self.sock.settimeout(0.05)
         self.frames: list[Frame] = []
         self.kernel_drops = 0
@@ -213,14 +217,14 @@ class Capture:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                data, addr = self.sock.recvfrom(65536)
+                data, anc, _, addr = self.sock.recvmsg(65536, 256)
             except TimeoutError:
                 continue
             except OSError:
                 return
             if addr[2] == PACKET_OUTGOING:
                 continue
-            self.frames.append(Frame(time.monotonic(), data))
+            self.frames.append(Frame(time.monotonic(), with_vlan_tag(data, anc)))
 
     def stats(self) -> tuple[int, int]:
         """(packets, drops) since the last call (PACKET_STATISTICS resets on read)."""
@@ -237,6 +241,18 @@ class Capture:
 
     def gue(self) -> list[Frame]:
         return [f for f in self.frames if is_gue(f.data)]
+
+
+def with_vlan_tag(data: bytes, ancillary) -> bytes:
+    """The frame as it was on the wire: the kernel strips an 802.1Q tag on receive and reports it
+    in PACKET_AUXDATA (struct tpacket_auxdata); put it back after the MAC addresses."""
+    for level, kind, blob in ancillary:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(blob) >= 20:
+            status, _, _, _, _, tci, tpid = struct.unpack_from("IIIHHHH", blob)
+            if status & TP_STATUS_VLAN_VALID:
+                tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                return data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
+    return data
 
 
 def is_gue(frame: bytes) -> bool:
@@ -428,7 +444,7 @@ class Topology:
 # ----------------------------------------------------------------------------- fwd run
 
 
-FWD = REPO / ".venv" / "bin" / "fwd"
+FWD = Path(os.environ.get("FWD_TEST_BIN") or REPO / ".venv" / "bin" / "fwd")  # override: another build
 
 
 class FwdRun:
@@ -460,7 +476,8 @@ class FwdRun:
         return self.proc.poll() is None
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def wait_for_log(self, pattern: str, timeout: float = 20) -> re.Match | None:
