@@ -120,9 +120,12 @@ static inline int process_one(const struct fwd_snapshot *s, uint8_t *buf, uint32
 	uint64_t h = flow_hash(&p, b->hash_fields, t->hash_key);
 	struct fwd_row row = t->rows[h & 0xffff];
 
+	p.primary = row.primary;
+	p.secondary = row.secondary;
+	p.gue_sport = (uint16_t)(0x8000 | ((h ^ p.hint) & 0x7fff));
 	res->flow_hash = h;
 	res->row = (uint32_t)(h & 0xffff);
-	res->gue_sport = (uint16_t)(0x8000 | ((h ^ p.hint) & 0x7fff));
+	res->gue_sport = p.gue_sport;
 	res->primary = row.primary;
 	res->secondary = row.secondary;
 	if (row.primary >= t->nbackends) {   /* FWD_NONE: no ranked backend */

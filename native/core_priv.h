@@ -50,6 +50,9 @@ struct pkt {
 	uint8_t no_frag;       /* inner may not be fragmented (IPv4 DF, any IPv6) */
 	uint8_t icmp_err;      /* the inner packet is an ICMP error */
 	uint8_t reason;        /* FWD_DROP_* when pkt_parse returns FWD_DROP */
+	/* set by core.c from the row, read by gue_encap (not read back from res:
+	 * a narrow load from a wider store would stall on store forwarding) */
+	uint16_t primary, secondary, gue_sport;
 };
 
 /* Shared between the core's files only: direct calls, no PLT in the .so. */
@@ -64,8 +67,8 @@ FWD_HIDDEN int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint32_
 
 /*
  * Write the GUE frame (or the ICMP reply when it would exceed the MTU) for a
- * packet whose row gave primary/secondary. Fills res->reason/out_off/out_len
- * and returns the verdict.
+ * packet whose row gave p->primary/p->secondary. Fills res->reason/out_off/
+ * out_len and returns the verdict.
  */
 FWD_HIDDEN int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint8_t *buf,
 	      uint32_t off, const struct pkt *p, struct fwd_result *res);

@@ -91,7 +91,7 @@ int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint
 	      uint32_t off, const struct pkt *p, struct fwd_result *res)
 {
 	const struct fwd_node_spec *node = &s->node;
-	const struct fwd_addr *pa = &t->backends[res->primary], *sa = NULL;
+	const struct fwd_addr *pa = &t->backends[p->primary], *sa = NULL;
 	const uint8_t *tsrc;
 	uint32_t iph, hop_bytes = 0, mtu_max;
 
@@ -108,8 +108,8 @@ int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint
 		tsrc = node->tunnel_src6;
 		mtu_max = 40 + 65535;   /* what the payload length can say */
 	}
-	if (res->secondary != res->primary && res->secondary < t->nbackends) {
-		sa = &t->backends[res->secondary];
+	if (p->secondary != p->primary && p->secondary < t->nbackends) {
+		sa = &t->backends[p->secondary];
 		hop_bytes = sa->family == 4 ? 4 : 16;
 	}
 
@@ -137,10 +137,11 @@ int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint
 
 	uint8_t *h = o + ETH_HLEN, *u = h + iph, *g = u + 8;
 	uint32_t udp_len = outer_len - iph;
-	uint8_t inner = p->family == 4 ? 4 : 41;
-
-	uint32_t hlen = 1 + hop_bytes / 4;     /* GUE: 32-bit words after the base header */
-	uint32_t ptype = hop_bytes == 16;      /* private type: 0 IPv4 hops, 1 IPv6 hops */
+	/* GUE: hlen (32-bit words after the base header), inner proto, flags 0 |
+	 * private type (0 IPv4 hops, 1 IPv6 hops), next hop 0, hop count */
+	uint64_t gue = (uint64_t)(1 + hop_bytes / 4) << 56 |
+		       (uint64_t)(p->family == 4 ? 4 : 41) << 48 |
+		       (uint64_t)(hop_bytes == 16) << 16 | (uint64_t)(hop_bytes != 0);
 
 	if (iph == 20) {
 		store_be16(o + 12, ETH_P_IPV4);
@@ -160,10 +161,9 @@ int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint
 		memcpy(h + 24, pa->bytes, 16);
 	}
 	/* UDP: sport, 19523, length, checksum 0 (set below over IPv6) */
-	store_be64(u, (uint64_t)res->gue_sport << 48 | (uint64_t)FWD_GUE_PORT << 32 |
+	store_be64(u, (uint64_t)p->gue_sport << 48 | (uint64_t)FWD_GUE_PORT << 32 |
 			      (uint64_t)udp_len << 16);
-	/* GUE: hlen, inner proto, flags 0 | private type, next hop 0, hop count */
-	store_be64(g, (uint64_t)hlen << 56 | (uint64_t)inner << 48 | ptype << 16 | (sa != NULL));
+	store_be64(g, gue);
 	if (hop_bytes == 4)
 		memcpy(g + 8, sa->bytes, 4);
 	else if (hop_bytes == 16)
@@ -177,8 +177,8 @@ int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint
 			acc = csum_acc(acc, sa->bytes, hop_bytes);
 
 		uint32_t sum = csum_be16(acc) + csum_pseudo6(udp_len, IPPROTO_UDP_) +
-			       res->gue_sport + FWD_GUE_PORT + udp_len + (hlen << 8 | inner) +
-			       ptype + (sa != NULL);
+			       p->gue_sport + FWD_GUE_PORT + udp_len + (uint32_t)(gue >> 48) +
+			       (uint32_t)(gue >> 16 & 0xffff) + (uint32_t)(gue & 0xffff);
 		uint16_t c = csum_finish(sum);
 
 		store_be16(u + 6, c ? c : 0xffff);
