@@ -84,7 +84,7 @@ static void *worker_main(void *arg)
 	struct fwd_runtime *rt = w->rt;
 	char tname[16];
 
-	snprintf(tname, sizeof(tname), "fwd-%s", w->name);
+	snprintf(tname, sizeof(tname), "fwd-%.11s", w->name);   /* 15 chars + NUL */
 	pthread_setname_np(pthread_self(), tname);
 	while (!atomic_load_explicit(&rt->stop, memory_order_acquire)) {
 		uint64_t g = atomic_load_explicit(&rt->gen, memory_order_acquire);

@@ -127,6 +127,12 @@ void fwd_steer_detach(struct fwd_steer *st);
 /* Steering program counters: [0] redirected, [1] passed, [2] redirect failed (no socket on queue). */
 void fwd_steer_counters(const struct fwd_steer *st, uint64_t *out3);
 
+/* Id of the stale fwd_steer program (crashed run) that attach replaced, 0 if none. */
+uint32_t fwd_steer_replaced_stale(const struct fwd_steer *st);
+
+/* "native" or "generic": the XDP mode attach ended up in. */
+const char *fwd_steer_attach_mode(const struct fwd_steer *st);
+
 /* cdef-end */
 
 #endif

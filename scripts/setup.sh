@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(gcc make libc6-dev iproute2 tcpdump tshark)
+APT_PACKAGES=(gcc make libc6-dev iproute2 tcpdump tshark
+              clang llvm libbpf-dev libxdp-dev libelf-dev pkg-config bpftool)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -40,6 +41,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -r requirements-test.txt
   echo "$want" > "$stamp"
 fi
+# The XDP steering program (fwd/bpf/steer.bpf.o), loaded at run time by `fwd run`.
+make -s -C native/bpf
 # (Re)build the C core: cheap, and picks up every change under native/.
 .venv/bin/python -m pip install -q --no-build-isolation --no-deps -e .
 echo "setup: ok ($(.venv/bin/python --version), fwd at $(.venv/bin/fwd --version 2>/dev/null || echo '?'))"
