@@ -271,6 +271,11 @@ int fwd_steer_set_binds(struct fwd_steer *st, const struct fwd_bind_spec *binds,
 	return 0;
 }
 
+int fwd_steer_prog_fd(const struct fwd_steer *st)
+{
+	return st ? st->prog_fd : -1;
+}
+
 int fwd_steer_xsks_map_fd(const struct fwd_steer *st)
 {
 	return st ? st->xsks_fd : -1;
