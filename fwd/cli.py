@@ -77,6 +77,7 @@ examples:
   fwd pcap --config examples/fwd.toml examples/example.pcap /tmp/out.pcap
   fwd lookup --config examples/glb-forwarding-table.json --json tcp 10.11.12.13:45678 10.10.10.10:80
   fwd table show --config examples/fwd.toml --table web
+  fwd run --config examples/fwd.toml --interface eth0 --mode auto     (as root)
 """
 
 
@@ -162,6 +163,70 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--table", metavar="NAME", help="only this table")
     ts.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ts.set_defaults(func=cmd_table_show)
+
+    rn = sub.add_parser(
+        "run",
+        help="forward VIP traffic on real interfaces (foreground, as root)",
+        description="Run the data plane in the foreground on the given interfaces: VIP traffic (the "
+        "config's binds) is GUE-encapsulated to the backend its table row names and sent towards the "
+        "backend's next hop (route, gateway/neighbour MAC, followed from netlink); every other packet is "
+        "left to the kernel. One worker thread per rx queue of each interface. Logs what it attached "
+        "where, prints counters every --stats-interval seconds, and on SIGINT/SIGTERM stops, removes "
+        "everything it installed (XDP program or nftables table, sockets), prints the final counters as "
+        "one JSON line and exits 0.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="modes:\n"
+        "  xdp   an XDP program steers VIP traffic to one AF_XDP socket per rx queue; the rest is passed\n"
+        "        to the kernel untouched. Needs BPF and AF_XDP (CAP_BPF or CAP_SYS_ADMIN).\n"
+        "  raw   AF_PACKET sockets (TPACKET_V3 ring, fanout across the workers) see every frame; an\n"
+        "        nftables table 'netdev fwd_raw' drops the VIP traffic fwd handles at ingress so the kernel\n"
+        "        does not handle it as well. Slower than xdp; for hosts where XDP cannot be used.\n"
+        "  auto  xdp, or raw when xdp cannot start (the log says why). The default.\n"
+        "A stale XDP program or fwd_raw table left by a crashed run is replaced (and logged).\n"
+        "Tunnel source per family: --tunnel-src, else the config's tunnel_source / tunnel_source6,\n"
+        "else the primary address of the interface the route to the backends leaves by.\n"
+        "Refuses to start, with one line, when not root (CAP_NET_ADMIN + CAP_NET_RAW, and CAP_BPF or\n"
+        "CAP_SYS_ADMIN for xdp), when an interface does not exist, or when the mode cannot be used.\n"
+        "exit status: 0 stopped by SIGINT/SIGTERM; 1 refused to start or failed; 2 usage or config error.",
+    )
+    rn.add_argument("--config", required=True, metavar="CFG", help="config file (TOML or GLB JSON)")
+    rn.add_argument(
+        "--interface",
+        action="append",
+        required=True,
+        metavar="IF",
+        help="receiving interface; repeat for several (one worker per rx queue of each)",
+    )
+    rn.add_argument("--mode", choices=("xdp", "raw", "auto"), default="auto", help="back end (default: auto)")
+    rn.add_argument(
+        "--xsk-mode",
+        choices=("auto", "copy", "zerocopy"),
+        default="auto",
+        help="AF_XDP bind mode in xdp mode (default: auto = zero-copy where the driver can, else copy)",
+    )
+    rn.add_argument(
+        "--busy-poll",
+        action="store_true",
+        help="xdp mode: busy-poll the AF_XDP sockets (SO_PREFER_BUSY_POLL)",
+    )
+    rn.add_argument(
+        "--tunnel-src",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="outer source address of GUE packets, at most one per family; overrides the config",
+    )
+    rn.add_argument(
+        "--stats-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="print a counters line every SECONDS (default 10; 0 = only at exit)",
+    )
+    rn.add_argument(
+        "-v", "--verbose", action="store_true", help="also log debug details (next-hop resolution)"
+    )
+    rn.set_defaults(func=cmd_run)
     return p
 
 
@@ -621,6 +686,100 @@ def cmd_table_show(args: argparse.Namespace) -> int:
         if t["rows_without_backend"]:
             print(f"  rows without a backend: {t['rows_without_backend']} (packets hitting them are dropped)")
     return EXIT_OK
+
+
+def _run_logging(verbose: bool) -> logging.Logger:
+    """`fwd run` logs its progress (info) to stderr, one line per record."""
+    logger = logging.getLogger("fwd")
+    for h in logger.handlers:
+        if isinstance(h, _StderrHandler):
+            h.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    return logging.getLogger("fwd.run")
+
+
+def _stats_line(s: dict[str, Any]) -> str:
+    v = s["verdicts"]
+    ports = s["ports"]
+    drops = ", ".join(f"{k} {n}" for k, n in s["drops"].items() if n) or "none"
+    rx = sum(p["rx_packets"] for p in ports)
+    tx = sum(p["tx_packets"] for p in ports)
+    txd = sum(p["tx_dropped"] for p in ports)
+    kd = sum(p["kernel_drops"] for p in ports)
+    return (
+        f"stats: rx {rx} tx {tx} | forward {v['forward']} reply {v['reply']} pass {v['pass']} "
+        f"drop {v['drop']} ({drops}) | tx_dropped {txd} kernel_drops {kd} | generation {s['generation']}"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    if args.stats_interval < 0:
+        raise CliError("run: --stats-interval must be >= 0", EXIT_USAGE)
+    cfg = _load(args.config)
+    tunnel = parse_tunnel_sources(args.tunnel_src)
+    log = _run_logging(args.verbose)
+    try:
+        from fwd.live import LiveDataplane, LiveError
+    except ImportError as e:
+        raise CliError(f"the live data plane is not available ({e}); build it with 'make build'") from None
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            live = LiveDataplane(
+                cfg,
+                args.interface,
+                args.mode,
+                xsk_mode=args.xsk_mode,
+                busy_poll=args.busy_poll,
+                tunnel_src=list(tunnel.values()),
+                log=log,
+            )
+            live.start()
+        except LiveError as e:
+            raise CliError(str(e), EXIT_RUNTIME) from None
+        try:
+            nworkers = len(live.workers)
+            log.info(
+                "running: mode %s, %d worker%s on %s, %s; config %s (%s)",
+                live.mode_used,
+                nworkers,
+                "" if nworkers == 1 else "s",
+                ", ".join(args.interface),
+                f"{len(live.binds)} bind{'' if len(live.binds) == 1 else 's'}",
+                cfg.path,
+                cfg.format,
+            )
+            for hop in live.hops.values():
+                log.info("next hop %s", hop.describe())
+            interval = args.stats_interval or None
+            while not stop.wait(interval):
+                print(_stats_line(live.summary()), flush=True)
+        finally:
+            try:
+                live.stop()
+            except LiveError as e:
+                raise CliError(f"stopping: {e}") from None
+            finally:
+                summary = live.summary()
+                print(_stats_line(summary), flush=True)
+                print(
+                    "final counters: " + json.dumps({"counters": summary}, separators=(",", ":")), flush=True
+                )
+        log.info("stopped; everything fwd installed was removed")
+        return EXIT_OK
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -149,6 +149,22 @@ def _indices(arr: Any) -> list[int | None]:
     return [None if v == NONE else v for v in raw]
 
 
+def _bind_specs(binds: Sequence[BindSpec]) -> Any:
+    cbinds = ffi.new("struct fwd_bind_spec[]", max(1, len(binds)))
+    for cb, b in zip(cbinds, binds, strict=False):
+        _fill_addr(cb.prefix, b.prefix.network_address)
+        cb.prefix_len = b.prefix.prefixlen
+        cb.proto = PROTOS[b.proto]
+        cb.port_lo = b.port_lo
+        cb.port_hi = b.port_hi
+        bits = 0
+        for name in b.hash_fields:
+            bits |= HASH_FIELDS[name]
+        cb.hash_fields = bits
+        cb.table = b.table
+    return cbinds
+
+
 def snapshot_new(node: NodeSpec, binds: Sequence[BindSpec], tables: Sequence[Any]) -> Any:
     if len(binds) > MAX_BINDS:
         raise NativeError(f"{len(binds)} binds: at most {MAX_BINDS}")
@@ -169,18 +185,7 @@ def snapshot_new(node: NodeSpec, binds: Sequence[BindSpec], tables: Sequence[Any
     if node.dst_mac is not None:
         cnode.has_dst_mac = 1
         ffi.memmove(cnode.dst_mac, node.dst_mac, 6)
-    cbinds = ffi.new("struct fwd_bind_spec[]", max(1, len(binds)))
-    for cb, b in zip(cbinds, binds, strict=False):
-        _fill_addr(cb.prefix, b.prefix.network_address)
-        cb.prefix_len = b.prefix.prefixlen
-        cb.proto = PROTOS[b.proto]
-        cb.port_lo = b.port_lo
-        cb.port_hi = b.port_hi
-        bits = 0
-        for name in b.hash_fields:
-            bits |= HASH_FIELDS[name]
-        cb.hash_fields = bits
-        cb.table = b.table
+    cbinds = _bind_specs(binds)
     ctables = ffi.new("struct fwd_table *[]", max(1, len(tables)))
     for i, t in enumerate(tables):
         ctables[i] = t
@@ -228,3 +233,194 @@ def copy_into(buf: Any, offset: int, data: bytes) -> None:
 
 def uint32_array(values: Sequence[int]) -> Any:
     return ffi.new("uint32_t[]", list(values) or [0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Live data plane (native/runtime_api.h): the runtime and its workers, next hops in a snapshot,
+# the XDP steering program. Failing calls raise NativeError with the C side's one-line reason.
+
+XSK_MODES = {
+    "auto": lib.FWD_XSK_MODE_AUTO,
+    "copy": lib.FWD_XSK_MODE_COPY,
+    "zerocopy": lib.FWD_XSK_MODE_ZEROCOPY,
+}
+MAX_WORKERS = lib.FWD_MAX_WORKERS
+_ERRLEN = 256
+
+
+@dataclass(frozen=True)
+class NextHopSpec:
+    ifindex: int  # egress interface
+    src_mac: bytes  # its MAC
+    dst_mac: bytes  # the gateway's or on-link backend's MAC
+
+
+@dataclass(frozen=True)
+class PortStats:
+    rx_packets: int
+    tx_packets: int
+    tx_dropped: int
+    pass_dropped: int
+    kernel_drops: int
+    wakeups: int
+
+
+def _errbuf() -> Any:
+    return ffi.new("char[]", _ERRLEN)
+
+
+def _errtext(buf: Any, fallback: str) -> str:
+    text = ffi.string(buf).decode("utf-8", "replace").strip()
+    return " ".join(text.split()) or fallback
+
+
+def _ifname(name: str) -> bytes:
+    raw = name.encode()
+    if not raw or len(raw) > 15 or b"/" in raw or b"\0" in raw:
+        raise NativeError(f"bad interface name {name!r}")
+    return raw
+
+
+def snapshot_set_nexthop(snap: Any, table: int, backend: int, nh: NextHopSpec) -> None:
+    c = ffi.new("struct fwd_nexthop *")
+    c.ifindex = nh.ifindex
+    ffi.memmove(c.src_mac, nh.src_mac, 6)
+    ffi.memmove(c.dst_mac, nh.dst_mac, 6)
+    if lib.fwd_snapshot_set_nexthop(snap, table, backend, c) != 0:
+        raise NativeError(f"fwd_snapshot_set_nexthop rejected table {table} backend {backend}")
+
+
+def runtime_new() -> Any:
+    rt = lib.fwd_runtime_new()
+    if rt == ffi.NULL:
+        raise NativeError("fwd_runtime_new failed (out of memory)")
+    return ffi.gc(rt, lib.fwd_runtime_free)
+
+
+def runtime_free(rt: Any) -> None:
+    """Stop the workers, close their sockets, free every snapshot (now, not at GC)."""
+    ffi.release(rt)
+
+
+def runtime_add_raw(
+    rt: Any, ifname: str, *, fanout_group: int = 0, block_size: int = 0, block_count: int = 0, batch: int = 0
+) -> int:
+    cfg = ffi.new("struct fwd_raw_config *")
+    cfg.ifname = _ifname(ifname)
+    cfg.fanout_group = fanout_group
+    cfg.block_size = block_size
+    cfg.block_count = block_count
+    cfg.batch = batch
+    err = _errbuf()
+    index = lib.fwd_runtime_add_raw(rt, cfg, err, _ERRLEN)
+    if index < 0:
+        raise NativeError(_errtext(err, f"cannot open a raw socket on {ifname}"))
+    return int(index)
+
+
+def runtime_add_xsk(
+    rt: Any,
+    ifname: str,
+    queue: int,
+    mode: str,
+    xsks_map_fd: int,
+    *,
+    busy_poll: bool = False,
+    frame_count: int = 0,
+    ring_size: int = 0,
+    batch: int = 0,
+) -> int:
+    cfg = ffi.new("struct fwd_xsk_config *")
+    cfg.ifname = _ifname(ifname)
+    cfg.queue = queue
+    cfg.mode = XSK_MODES[mode]
+    cfg.frame_count = frame_count
+    cfg.ring_size = ring_size
+    cfg.batch = batch
+    cfg.busy_poll = 1 if busy_poll else 0
+    cfg.xsks_map_fd = xsks_map_fd
+    err = _errbuf()
+    index = lib.fwd_runtime_add_xsk(rt, cfg, err, _ERRLEN)
+    if index < 0:
+        raise NativeError(_errtext(err, f"cannot open an AF_XDP socket on {ifname} queue {queue}"))
+    return int(index)
+
+
+def runtime_publish(rt: Any, snap: Any) -> int:
+    """Hand snap to the runtime; it must not be used or freed from Python afterwards."""
+    ffi.gc(snap, None)  # the runtime frees it now: detach the destructor (in place)
+    return int(lib.fwd_runtime_publish(rt, snap))
+
+
+def runtime_reclaim(rt: Any, timeout_ms: int = 0) -> int:
+    return int(lib.fwd_runtime_reclaim(rt, timeout_ms))
+
+
+def runtime_acked_generation(rt: Any) -> int:
+    return int(lib.fwd_runtime_acked_generation(rt))
+
+
+def runtime_start(rt: Any) -> None:
+    err = _errbuf()
+    if lib.fwd_runtime_start(rt, err, _ERRLEN) != 0:
+        raise NativeError(_errtext(err, "cannot start the workers"))
+
+
+def runtime_stop(rt: Any) -> None:
+    lib.fwd_runtime_stop(rt)
+
+
+def runtime_worker_count(rt: Any) -> int:
+    return int(lib.fwd_runtime_worker_count(rt))
+
+
+def runtime_counters(rt: Any, out: Any = None) -> Any:
+    """The workers' counters summed into ``out`` (a new struct fwd_counters when None)."""
+    if out is None:
+        out = new_counters()
+    lib.fwd_runtime_counters(rt, out)
+    return out
+
+
+def runtime_port_stats(rt: Any, worker: int) -> PortStats:
+    c = ffi.new("struct fwd_port_stats *")
+    lib.fwd_runtime_port_stats(rt, worker, c)
+    return PortStats(
+        rx_packets=c.rx_packets,
+        tx_packets=c.tx_packets,
+        tx_dropped=c.tx_dropped,
+        pass_dropped=c.pass_dropped,
+        kernel_drops=c.kernel_drops,
+        wakeups=c.wakeups,
+    )
+
+
+def steer_attach(obj_path: str, ifname: str, mode: str) -> Any:
+    err = _errbuf()
+    st = lib.fwd_steer_attach(obj_path.encode(), _ifname(ifname), XSK_MODES[mode], err, _ERRLEN)
+    if st == ffi.NULL:
+        raise NativeError(_errtext(err, f"cannot attach the XDP steering program to {ifname}"))
+    return ffi.gc(st, lib.fwd_steer_detach)
+
+
+def steer_set_binds(st: Any, binds: Sequence[BindSpec], forward_icmp_echo: bool) -> None:
+    cbinds = _bind_specs(binds)
+    err = _errbuf()
+    if lib.fwd_steer_set_binds(st, cbinds, len(binds), 1 if forward_icmp_echo else 0, err, _ERRLEN) != 0:
+        raise NativeError(_errtext(err, "cannot load the binds into the XDP steering program"))
+
+
+def steer_xsks_map_fd(st: Any) -> int:
+    return int(lib.fwd_steer_xsks_map_fd(st))
+
+
+def steer_counters(st: Any) -> tuple[int, int, int]:
+    """(redirected, passed, redirect failed) of the steering program."""
+    out = ffi.new("uint64_t[3]")
+    lib.fwd_steer_counters(st, out)
+    return int(out[0]), int(out[1]), int(out[2])
+
+
+def steer_detach(st: Any) -> None:
+    """Detach and unload now (idempotent through cffi: a released pointer is not freed twice)."""
+    ffi.release(st)
