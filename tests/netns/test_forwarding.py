@@ -296,3 +296,14 @@ def test_multiqueue_one_worker_per_queue(mode, make_topology, start_fwd):
         per_queue = [after.get(f"rx_queue_{q}_xdp_packets", 0) - before.get(f"rx_queue_{q}_xdp_packets", 0)
                      for q in range(2)]  # fmt: skip
         assert all(n > 0 for n in per_queue), f"traffic did not use both rx queues: {per_queue}"
+
+
+def test_default_veth_fewer_queues_in_use_than_allocated(make_topology, start_fwd):
+    """A veth made without numrxqueues: the kernel allocates one rx queue per CPU but uses one
+    (ethtool -l: maximum N, current 1). fwd must serve the queues in use, not the allocated ones:
+    it starts in xdp mode with one worker and forwards."""
+    topo = make_topology(queues=None)
+    live = Live(topo, start_fwd, "xdp")
+    log = live.run.log()
+    assert re.search(r"\b1 worker\b", log), f"fwd's log does not say 1 worker:\n{log}"
+    assert_clean_exit(live)

@@ -298,7 +298,7 @@ class Backend:
 @dataclass
 class Topology:
     prefix: str
-    queues: int = 1
+    queues: int | None = 1
     nbackends: int = 3
     addrs_per_backend: int = 6  # v4 and v6 each
     built: bool = False
@@ -342,7 +342,9 @@ class Topology:
     # -- build / destroy
 
     def build(self) -> Topology:
-        q = ["numrxqueues", str(self.queues), "numtxqueues", str(self.queues)] if self.queues > 1 else []
+        # queues=None: a plain `ip link add ... type veth`, which on a machine with N CPUs allocates
+        # N rx queues of which 1 is in use (num_rx_queues != real_num_rx_queues)
+        q = ["numrxqueues", str(self.queues), "numtxqueues", str(self.queues)] if self.queues else []
         try:
             for role in ["client", "l4", "lan"] + [f"be{i}" for i in range(self.nbackends)]:
                 ns = self.prefix + role
