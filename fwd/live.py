@@ -21,12 +21,16 @@ Refusals (not privileged, interface missing, back end unavailable) raise LiveErr
 
 from __future__ import annotations
 
+import array
+import fcntl
 import ipaddress
 import json
 import logging
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Iterable, Sequence
@@ -113,6 +117,39 @@ class Interface:
 IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
 
 
+ETHTOOL_GCHANNELS = 0x3C
+SIOCETHTOOL = 0x8946
+
+
+def rx_queues_in_use(name: str, ifindex: int, mac: str | None, allocated: int) -> int:
+    """Rx queues the interface uses (not the ones allocated: a default veth allocates one per CPU
+    and uses one). /sys/class/net/IF/queues when that sysfs belongs to this network namespace,
+    else the ethtool channel counts, else what netlink says is allocated."""
+    base = Path("/sys/class/net") / name
+    try:
+        same = int((base / "ifindex").read_text()) == ifindex and (
+            mac is None or (base / "address").read_text().strip() == mac
+        )
+        if same:
+            n = sum(1 for q in (base / "queues").iterdir() if q.name.startswith("rx-"))
+            if n:
+                return n
+    except (OSError, ValueError):
+        pass
+    req = struct.pack("=9I", ETHTOOL_GCHANNELS, *([0] * 8))
+    buf = array.array("B", req)
+    ifr = struct.pack("16sP", name.encode(), buf.buffer_info()[0])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifr)
+        rx, combined = struct.unpack_from("=9I", buf)[5], struct.unpack_from("=9I", buf)[8]
+        if rx + combined:
+            return rx + combined
+    except OSError:
+        pass
+    return max(1, allocated)
+
+
 def interfaces_info(names: Sequence[str]) -> list[Interface]:
     """Look the interfaces up over netlink (correct in any network namespace)."""
     if not names:
@@ -147,7 +184,7 @@ def interfaces_info(names: Sequence[str]) -> list[Interface]:
                 Interface(
                     name=name,
                     ifindex=index,
-                    rx_queues=max(1, link.get("IFLA_NUM_RX_QUEUES") or 1),
+                    rx_queues=rx_queues_in_use(name, index, mac_text, link.get("IFLA_NUM_RX_QUEUES") or 1),
                     mtu=link.get("IFLA_MTU") or 0,
                     mac=mac if mac and len(mac) == 6 else None,
                     up=bool(link["flags"] & 1),
@@ -338,6 +375,11 @@ def _binds_of(cfg: Config) -> list[native.BindSpec]:
     ]
 
 
+def _backend_addresses(tables: Iterable[Any]) -> list[IPAddress]:
+    """Backends that can be in a row (inactive ones never are), in config order."""
+    return [b.address for t in tables for b in t.backends if b.state != "inactive"]
+
+
 def _table_identity(t: Any) -> tuple[object, ...]:
     return (t.name, bytes(t.seed), bytes(t.hash_key), t.glb_compat)
 
@@ -422,7 +464,7 @@ class LiveDataplane:
                 raise
 
     def _backend_addresses(self) -> list[IPAddress]:
-        return [b.address for t in self.tables for b in t.backends if b.state != "inactive"]
+        return _backend_addresses(self.tables)
 
     def _node_spec(self, initial: bool = False) -> native.NodeSpec:
         """Node settings: tunnel sources from the CLI, the config, else the egress interfaces."""
@@ -547,10 +589,16 @@ class LiveDataplane:
     def publish(self, cfg_or_tables: Config | Sequence[ForwardingTable] | None = None) -> int:
         """Build a snapshot from the current tables (or a new config / new tables) and next hops,
         and publish it. Returns its generation."""
+        hops = None
+        if isinstance(cfg_or_tables, Config) and self._nh is not None:
+            # before taking the lock: the next-hop thread's callback takes it too
+            hops = self._nh.resolve(_backend_addresses(cfg_or_tables.tables), wait=0.2)
         with self._lock:
             if self._rt is None or self._stopped:
                 raise LiveError("the data plane is not running")
             if isinstance(cfg_or_tables, Config):
+                if hops is not None:
+                    self.hops = hops
                 self._apply_config(cfg_or_tables)
             elif cfg_or_tables is not None:
                 tables = list(cfg_or_tables)
@@ -575,8 +623,6 @@ class LiveDataplane:
                 self._nft.update(binds, cfg.node.forward_icmp_echo)
             for st in self._steers.values():
                 native.steer_set_binds(st, binds, cfg.node.forward_icmp_echo)
-        if self._nh is not None:
-            self.hops = self._nh.resolve(self._backend_addresses(), wait=0.2)
         self.node = self._node_spec()
 
     def _publish_locked(self) -> int:

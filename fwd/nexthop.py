@@ -283,12 +283,12 @@ class NextHopResolver:
                 )
 
     async def wait_resolved(self, timeout: float) -> dict[IPAddress, NextHop]:
-        """Resolve, then retry every 50 ms until every routable backend has a MAC or time is up."""
+        """Resolve, then retry every 10 ms until every routable backend has a MAC or time is up."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         hops = await self.resolve_all()
         while loop.time() < end and any(h.error is None and not h.usable for h in hops.values()):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
             hops = await self.resolve_all()
         return hops
 
