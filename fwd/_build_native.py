@@ -8,7 +8,6 @@ may call.
 from __future__ import annotations
 
 import pathlib
-import re
 
 from cffi import FFI
 
@@ -23,30 +22,8 @@ def _cdef_section(header: str) -> str:
     return text[start : text.index("/* cdef-end */")]
 
 
-_FUNC_DECL = re.compile(r"^[A-Za-z_][^;{}()\n]*?\b(fwd_\w+)\([^;{}]*\);\n?", re.M)
-
-
-def _defined_in_native(name: str) -> bool:
-    pattern = re.compile(rf"^[A-Za-z_][^;\n]*\b{name}\(", re.M)
-    return any(pattern.search(p.read_text()) for p in NATIVE.glob("*.c"))
-
-
-def _implemented_only(cdef: str, header: str) -> str:
-    # Several engineers fill runtime_api.h in parallel: a function declared there
-    # before any native/*.c defines it would make the extension fail to import.
-    # Leave such declarations out (and say so) until their definition lands.
-    def keep(m: re.Match) -> str:
-        if _defined_in_native(m.group(1)):
-            return m.group(0)
-        print(f"_build_native: {header}: {m.group(1)} is not implemented yet; left out of the cdef")
-        return ""
-
-    return _FUNC_DECL.sub(keep, cdef)
-
-
 def api_declarations() -> str:
-    runtime = _implemented_only(_cdef_section("runtime_api.h"), "runtime_api.h")
-    return _cdef_section("fwd_api.h") + runtime
+    return _cdef_section("fwd_api.h") + _cdef_section("runtime_api.h")
 
 
 def native_sources() -> list[str]:

@@ -50,6 +50,7 @@ DROP_REASONS = (
     "too_big",
     "no_tunnel_source",
     "no_headroom",
+    "no_nexthop",
 )
 assert len(DROP_REASONS) == lib.FWD_DROP_REASONS
 

@@ -132,8 +132,20 @@ int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint
 	 * the outer headers overwrite the input's L2 header. */
 	uint8_t *f = buf + off, *o = f + p->l2 - hdr;
 
-	memcpy(o, node->has_dst_mac ? node->dst_mac : f + 6, 6);
-	memcpy(o + 6, node->has_src_mac ? node->src_mac : f, 6);
+	const uint8_t *dmac = node->has_dst_mac ? node->dst_mac : f + 6;
+	const uint8_t *smac = node->has_src_mac ? node->src_mac : f;
+
+	if (s->use_nexthops) {   /* live: the route's egress and neighbour decide */
+		const struct fwd_nexthop *nh = &t->nexthops[p->primary];
+
+		if (!nh->ifindex)
+			return encap_drop(res, FWD_DROP_NO_NEXTHOP);
+		dmac = nh->dst_mac;
+		smac = nh->src_mac;
+		res->egress_ifindex = nh->ifindex;
+	}
+	memcpy(o, dmac, 6);
+	memcpy(o + 6, smac, 6);
 
 	uint8_t *h = o + ETH_HLEN, *u = h + iph, *g = u + 8;
 	uint32_t udp_len = outer_len - iph;

@@ -38,7 +38,8 @@
 #define FWD_DROP_TOO_BIG 7          /* encapsulated frame > MTU and the inner may be fragmented */
 #define FWD_DROP_NO_TUNNEL_SOURCE 8 /* no tunnel source address of the backend's family */
 #define FWD_DROP_NO_HEADROOM 9      /* not enough room before/after the frame to rewrite it */
-#define FWD_DROP_REASONS 10
+#define FWD_DROP_NO_NEXTHOP 10      /* live mode: the primary's next hop is not resolved (yet) */
+#define FWD_DROP_REASONS 11
 
 /* backend states */
 #define FWD_STATE_ACTIVE 0
@@ -137,6 +138,23 @@ struct fwd_snapshot *fwd_snapshot_new(const struct fwd_node_spec *node,
 				      struct fwd_table **tables, uint32_t ntables);
 void fwd_snapshot_free(struct fwd_snapshot *s);
 
+/* Where FORWARD frames for one backend leave: set by the live layer from netlink. */
+struct fwd_nexthop {
+	uint32_t ifindex;      /* egress interface; 0 = unresolved (frames dropped: no_nexthop) */
+	uint8_t src_mac[6];    /* egress interface MAC */
+	uint8_t dst_mac[6];    /* gateway's or on-link backend's MAC */
+};
+
+/*
+ * Give backend `backend` of table `table` its next hop in a snapshot that is
+ * not yet published. Once any next hop is set on a snapshot, FORWARD frames
+ * of backends without one are dropped with FWD_DROP_NO_NEXTHOP, the others
+ * take the next hop's MACs (over the node's) and fwd_result.egress_ifindex.
+ * Returns 0 or -1 (index out of range, NULL, or already published).
+ */
+int fwd_snapshot_set_nexthop(struct fwd_snapshot *s, uint32_t table, uint32_t backend,
+			     const struct fwd_nexthop *nh);
+
 /* ---- packet core ---- */
 struct fwd_result {
 	uint8_t verdict;      /* FWD_PASS/FORWARD/DROP/REPLY */
@@ -150,6 +168,7 @@ struct fwd_result {
 	uint64_t flow_hash;   /* SipHash result */
 	uint32_t out_off;     /* output frame = buf[out_off .. out_off + out_len) */
 	uint32_t out_len;     /* for FORWARD and REPLY */
+	uint32_t egress_ifindex; /* FORWARD: interface to send on (0 = the receiving one) */
 };
 
 struct fwd_pktbytes {
@@ -160,7 +179,7 @@ struct fwd_pktbytes {
 /* Per worker, owned by one thread: no atomics. Sum across workers to read. */
 struct fwd_counters {
 	uint64_t verdicts[4];
-	uint64_t drops[10];
+	uint64_t drops[11];
 	uint64_t icmp_replies;                   /* REPLY frames generated */
 	struct fwd_pktbytes binds[1024];         /* input frame bytes, by bind */
 	struct fwd_pktbytes backends[16][2048];  /* output frame bytes, by [table][backend index] */

@@ -20,6 +20,7 @@ struct fwd_snap_table {
 	uint32_t nbackends;
 	struct fwd_addr backends[FWD_MAX_BACKENDS];
 	struct fwd_row rows[FWD_ROWS];
+	struct fwd_nexthop nexthops[FWD_MAX_BACKENDS];   /* used when the snapshot says so */
 };
 
 struct fwd_snapshot {
@@ -28,6 +29,8 @@ struct fwd_snapshot {
 	struct fwd_bind_spec binds[FWD_MAX_BINDS];
 	uint32_t ntables;
 	struct fwd_snap_table *tables[FWD_MAX_TABLES];
+	uint8_t use_nexthops;   /* set by fwd_snapshot_set_nexthop */
+	uint8_t published;      /* set by fwd_runtime_publish: no more changes */
 };
 
 #endif

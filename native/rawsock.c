@@ -137,8 +137,7 @@ static inline void raw_tx_add(struct raw_port *rp, uint8_t *frame, uint32_t len,
 /* Where a FORWARD frame leaves: the next hop's interface once the core names one. */
 static inline int raw_egress(const struct fwd_result *res, int rx_ifindex)
 {
-	(void)res;
-	return rx_ifindex;
+	return res->egress_ifindex ? (int)res->egress_ifindex : rx_ifindex;
 }
 
 static int raw_poll(struct fwd_worker *w, const struct fwd_snapshot *s)

@@ -154,6 +154,7 @@ uint64_t fwd_runtime_publish(struct fwd_runtime *rt, struct fwd_snapshot *s)
 	if (old && rt->nretired == FWD_MAX_RETIRED)
 		while (fwd_runtime_reclaim(rt, 1000) == FWD_MAX_RETIRED)
 			;
+	s->published = 1;
 	atomic_store_explicit(&rt->current, s, memory_order_release);
 	atomic_store_explicit(&rt->gen, gen, memory_order_release);
 	if (old) {

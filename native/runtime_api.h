@@ -25,23 +25,6 @@
 #define FWD_XSK_MODE_COPY 1
 #define FWD_XSK_MODE_ZEROCOPY 2
 
-/* Where FORWARD frames for one backend leave: set by Python from netlink. */
-struct fwd_nexthop {
-	uint32_t ifindex;      /* egress interface; 0 = unresolved (frames dropped: no_nexthop) */
-	uint8_t src_mac[6];    /* egress interface MAC */
-	uint8_t dst_mac[6];    /* gateway's or on-link backend's MAC */
-};
-
-/*
- * Give backend `backend` of table `table` its next hop in a snapshot that is
- * not yet published. Once any next hop is set on a snapshot, FORWARD frames
- * of backends without one are dropped with FWD_DROP_NO_NEXTHOP and
- * fwd_result.egress_ifindex tells the back end where to send the others.
- * Returns 0 or -1 (index out of range / already published).
- */
-int fwd_snapshot_set_nexthop(struct fwd_snapshot *s, uint32_t table, uint32_t backend,
-			     const struct fwd_nexthop *nh);
-
 struct fwd_runtime;
 
 struct fwd_port_stats {

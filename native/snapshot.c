@@ -104,3 +104,14 @@ void fwd_snapshot_free(struct fwd_snapshot *s)
 		free(s->tables[i]);
 	free(s);
 }
+
+int fwd_snapshot_set_nexthop(struct fwd_snapshot *s, uint32_t table, uint32_t backend,
+			     const struct fwd_nexthop *nh)
+{
+	if (!s || !nh || s->published || table >= s->ntables || !s->tables[table] ||
+	    backend >= s->tables[table]->nbackends)
+		return -1;
+	s->tables[table]->nexthops[backend] = *nh;
+	s->use_nexthops = 1;
+	return 0;
+}

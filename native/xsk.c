@@ -70,12 +70,7 @@
 #define PACKET_QDISC_BYPASS 20
 #endif
 
-/* fwd_result.egress_ifindex arrives with the lead's next-hop change. */
-#ifdef FWD_HAVE_EGRESS_IFINDEX
 #define RES_EGRESS(r) ((r)->egress_ifindex)
-#else
-#define RES_EGRESS(r) ((void)(r), 0u)
-#endif
 
 enum { TX_XSK, TX_PACKET, TX_FAILED };
 
