@@ -437,8 +437,8 @@ class LiveDataplane:
             if self._started:
                 raise LiveError("the data plane is already started")
             self._started = True
-            check_privileges(self.mode)
             self.interfaces = interfaces_info(self.interface_names)
+            check_privileges(self.mode)
             for iface in self.interfaces:
                 if not iface.up:
                     self.log.warning("interface %s is down: nothing will arrive until it is up", iface.name)
