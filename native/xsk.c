@@ -194,6 +194,9 @@ static int port_bind(struct xsk_port *x, uint16_t bind_flags)
 		return rc;
 	}
 	x->fd = xsk_socket__fd(x->xsk);
+	p0->fd = x->fd;
+	p0->kind = TX_XSK;
+	p0->ifindex = x->rx_ifindex;
 	x->nfree = 0;
 	for (uint32_t i = 0; i < x->frame_count; i++)
 		x->free_frames[x->nfree++] = (uint64_t)(x->frame_count - 1 - i) * XSK_FRAME_SIZE;
