@@ -118,6 +118,7 @@ def helper_main(argv: list[str]) -> int:
         sys.stdin.readline()  # "stop": the client's stream has ended
     finally:
         live.stop()
+        record["summary"] = {k: v for k, v in live.summary().items() if k not in ("binds", "backends")}
         with open(a.out, "w") as f:
             json.dump(record, f)
     return 0
@@ -221,7 +222,8 @@ def test_100_swaps_under_traffic(mode, topo, fwd_run_ok, tmp_path):
         log.close()
     helper_log = (tmp_path / "helper.log").read_text()
     assert done == "done" and rc == 0, f"helper: {done!r}, exit {rc}:\n{helper_log[-4000:]}"
-    publishes = json.loads(out.read_text())["publishes"]
+    record = json.loads(out.read_text())
+    publishes = record["publishes"]
     assert len(publishes) == SWAPS
     gens = [p["generation"] for p in publishes]
     assert gens == sorted(gens) and len(set(gens)) == SWAPS, f"generations not increasing: {gens}"
@@ -261,15 +263,32 @@ def test_100_swaps_under_traffic(mode, topo, fwd_run_ok, tmp_path):
             )
     stray = sorted(arrivals)
     n = len(stream.sent)
+    took = sorted(p["t1"] - p["t0"] for p in publishes)
     summary = (
-        f"{mode}: {n} frames sent over {SWAPS} swaps, {boundary} within {MARGIN * 1000:.0f} ms of a swap; "
+        f"{mode}: {n} frames sent over {SWAPS} swaps (publish call: median {took[SWAPS // 2] * 1000:.1f} ms, "
+        f"max {took[-1] * 1000:.1f} ms), {boundary} sent within {MARGIN * 1000:.0f} ms of one; "
         f"lost {len(lost)}, duplicated {len(dup)}, wrong backend {len(wrong)}, never sent {len(stray)}"
     )
     print(summary)
     assert n > SWAPS * INTERVAL * RATE * 0.5, summary
     assert not (lost or dup or wrong or stray), (
-        summary + f"\nlost: {lost[:20]}\nduplicated: {dup[:10]}\nwrong: " + "\n".join(wrong[:10])
+        summary
+        + f"\nlost: {lost[:20]}\nduplicated: {dup[:10]}\nwrong: "
+        + "\n".join(wrong[:10])
+        + f"\nfwd's counters: {json.dumps(record['summary'])}\nlink counters: {link_stats(topo)}"
     )
+
+
+def link_stats(topo: tp.Topology) -> dict:
+    """rx/tx drop counters of the links on the path (where a lost frame may have gone)."""
+    out = {}
+    for ns in [topo.client, topo.l4, topo.lan] + [b.ns for b in topo.backends]:
+        for link in tp.ip_json("-s", "link", "show", ns=ns):
+            st = link.get("stats64", {})
+            drops = {f"{d}_{k}": st[d][k] for d in ("rx", "tx") if d in st for k in ("dropped", "errors")}
+            if any(drops.values()):
+                out[f"{ns.removeprefix(topo.prefix)}/{link['ifname']}"] = drops
+    return out
 
 
 if __name__ == "__main__":
