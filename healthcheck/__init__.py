@@ -1,0 +1,55 @@
+"""fwd's health checker: its own package, with no dependency on the data plane.
+
+Checks (TCP connect, HTTP/HTTPS GET, the GUE tunnel probe through fwd-redirect) run as
+coroutines on one event loop (uvloop in the daemon); :class:`HealthChecker` schedules them per
+target with interval, timeout, rise, fall and jitter, and reports verdict changes::
+
+    hc = HealthChecker(on_change=lambda v: print(v.key, v.healthy, v.reason))
+    hc.set_targets(targets_from_config(cfg))
+    ...
+    await hc.stop()
+"""
+
+from healthcheck.checks import Checker, CheckResult, build_tunnel_probe
+from healthcheck.config import (
+    CHECK_KINDS,
+    DEFAULT_TIMING,
+    GUE_PORT,
+    CheckSpec,
+    Target,
+    Timing,
+    checks_from_glb,
+    parse_check,
+    parse_timing,
+    targets_from_config,
+)
+from healthcheck.scheduler import (
+    LATENCY_BUCKETS,
+    CheckStats,
+    HealthChecker,
+    ProbeState,
+    TargetStatus,
+    Verdict,
+)
+
+__all__ = [
+    "CHECK_KINDS",
+    "DEFAULT_TIMING",
+    "GUE_PORT",
+    "LATENCY_BUCKETS",
+    "CheckResult",
+    "CheckSpec",
+    "CheckStats",
+    "Checker",
+    "HealthChecker",
+    "ProbeState",
+    "Target",
+    "TargetStatus",
+    "Timing",
+    "Verdict",
+    "build_tunnel_probe",
+    "checks_from_glb",
+    "parse_check",
+    "parse_timing",
+    "targets_from_config",
+]

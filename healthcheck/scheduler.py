@@ -1,0 +1,377 @@
+"""Scheduling checks and turning their results into verdicts.
+
+:class:`HealthChecker` runs on the daemon's event loop (uvloop): one small task per *probe*
+(one check spec of one address with one timing), sleeping between runs, so thousands of checks
+need no thread. Targets that share an identical probe (the same backend listed in two tables
+with the same checks) share its runs and its state.
+
+Per probe (each check on its own, like HAProxy's and GLB's):
+
+* the **first result counts at once**: the probe passes or fails after one check;
+* afterwards a passing probe fails after ``fall`` consecutive failures, and a failing one passes
+  again after ``rise`` consecutive successes;
+* checks start ``interval`` apart (start to start, ± ``jitter``), the first within
+  ``interval * jitter`` of the target being added.
+
+A target (a backend) is **healthy when all its checks pass**, unhealthy as soon as one fails,
+undecided while some have no result yet; a target without checks is healthy at once (GLB).
+Inactive backends are not given to the checker at all (``targets_from_config`` leaves them out).
+
+Every change of a target's verdict is delivered as a :class:`Verdict` (which target, new and
+old state, the check that decided it, its error and latency, a one-line reason) to the
+``on_change`` callback and to every ``changes()`` async iterator. Latency statistics per probe
+(count, failures, sum, min, max, last, histogram buckets) are kept for metrics (``stats()``);
+``on_result`` sees every single result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+from healthcheck.checks import Checker, CheckResult
+from healthcheck.config import CheckSpec, Target, Timing
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "CheckStats",
+    "HealthChecker",
+    "ProbeState",
+    "TargetStatus",
+    "Verdict",
+]
+
+log = logging.getLogger("fwd.healthcheck")
+
+IPAddress = IPv4Address | IPv6Address
+
+# Upper bounds (seconds) of the latency histogram, Prometheus style (+Inf implied).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+ProbeKey = tuple[IPAddress, CheckSpec, Timing]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A target's verdict changed. ``previous`` is None for its first verdict.
+
+    ``check`` / ``result`` are the check whose result decided the change and that result (None
+    for a target without checks); ``reason`` says it in one line, e.g.
+    ``http://10.0.0.1:80/ failed: connection refused (3 failures in a row, fall 3)``.
+    """
+
+    key: Hashable
+    address: IPAddress
+    healthy: bool
+    previous: bool | None
+    check: CheckSpec | None
+    result: CheckResult | None
+    reason: str
+    at: float  # time.time()
+
+
+@dataclass(slots=True)
+class CheckStats:
+    """Counters of one probe since it started (for metrics; latency in seconds)."""
+
+    checks: int = 0
+    failures: int = 0
+    latency_sum: float = 0.0
+    latency_min: float = float("inf")
+    latency_max: float = 0.0
+    latency_last: float = 0.0
+    # buckets[i] counts results with latency <= LATENCY_BUCKETS[i] (not cumulative; +Inf last)
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+
+    def add(self, r: CheckResult) -> None:
+        self.checks += 1
+        if not r.ok:
+            self.failures += 1
+        lat = r.latency
+        self.latency_sum += lat
+        self.latency_last = lat
+        if lat < self.latency_min:
+            self.latency_min = lat
+        if lat > self.latency_max:
+            self.latency_max = lat
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, lat)] += 1
+
+    def cumulative_buckets(self) -> list[tuple[float, int]]:
+        """[(upper bound, count <= bound)], the last bound being +inf: a Prometheus histogram."""
+        out, total = [], 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.buckets, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+@dataclass(slots=True)
+class ProbeState:
+    """One check spec of one address with one timing, shared by the targets that list it."""
+
+    address: IPAddress
+    spec: CheckSpec
+    timing: Timing
+    up: bool | None = None  # None until the first result
+    streak: int = 0  # consecutive results contradicting ``up`` (toward rise or fall)
+    last: CheckResult | None = None
+    stats: CheckStats = field(default_factory=CheckStats)
+    targets: set[Hashable] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.describe(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    """A snapshot of one target for status output: its verdict and each check's state."""
+
+    key: Hashable
+    address: IPAddress
+    healthy: bool | None
+    since: float | None  # time.time() of the last verdict change
+    reason: str | None
+    checks: tuple[ProbeState, ...]
+
+
+@dataclass(slots=True)
+class _TargetState:
+    target: Target
+    probes: list[ProbeState]
+    healthy: bool | None = None
+    since: float | None = None
+    reason: str | None = None
+
+
+class HealthChecker:
+    """Health checks of many targets on the running event loop.
+
+    ``set_targets()`` gives the complete set of targets (again on every reload: unchanged probes
+    keep running and keep their state, gone ones stop, new ones start). Verdict changes go to
+    ``on_change(verdict)`` and to ``changes()`` iterators; ``on_result(probe, result)`` sees
+    every result. ``stop()`` cancels everything. Use it from one event loop only.
+    """
+
+    def __init__(
+        self,
+        *,
+        on_change: Callable[[Verdict], None] | None = None,
+        on_result: Callable[[ProbeState, CheckResult], None] | None = None,
+        checker: Checker | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.on_change = on_change
+        self.on_result = on_result
+        self.checker = checker or Checker()
+        self._rng = rng or random.Random()
+        self._targets: dict[Hashable, _TargetState] = {}
+        self._probes: dict[ProbeKey, ProbeState] = {}
+        self._queues: list[asyncio.Queue[Verdict | None]] = []
+        self._stopped = False
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def set_targets(self, targets: Iterable[Target]) -> None:
+        """Replace the set of targets. Must be called from within the running loop."""
+        if self._stopped:
+            raise RuntimeError("HealthChecker is stopped")
+        loop = asyncio.get_running_loop()
+        new: dict[Hashable, Target] = {}
+        for t in targets:
+            if t.key in new:
+                raise ValueError(f"duplicate target key {t.key!r}")
+            new[t.key] = t
+        # new and changed targets take their probes first, so probes they keep go on running
+        for key, t in new.items():
+            st = self._targets.get(key)
+            if st is not None and st.target == t:
+                continue
+            probes = [self._acquire(loop, t, spec, key) for spec in dict.fromkeys(t.checks)]
+            if st is None:
+                st = self._targets[key] = _TargetState(t, probes)
+            else:
+                old, st.target, st.probes = st.probes, t, probes
+                for p in old:
+                    if not any(p is q for q in probes):
+                        self._release(p, key)
+            if not probes:
+                loop.call_soon(self._decide, st, None, None)
+            elif any(p.up is not None for p in probes):
+                self._decide(st, None, None)
+        for key in [k for k in self._targets if k not in new]:
+            for p in self._targets.pop(key).probes:
+                self._release(p, key)
+
+    def _acquire(
+        self, loop: asyncio.AbstractEventLoop, t: Target, spec: CheckSpec, key: Hashable
+    ) -> ProbeState:
+        pk = (t.address, spec, t.timing)
+        p = self._probes.get(pk)
+        if p is None:
+            p = self._probes[pk] = ProbeState(t.address, spec, t.timing)
+            delay = self._rng.uniform(0.0, t.timing.interval * t.timing.jitter)
+            p.task = loop.create_task(self._run(p, delay), name=f"healthcheck {p.name}")
+        p.targets.add(key)
+        return p
+
+    def _release(self, p: ProbeState, key: Hashable) -> None:
+        p.targets.discard(key)
+        if not p.targets:
+            if p.task is not None:
+                p.task.cancel()
+            self._probes.pop((p.address, p.spec, p.timing), None)
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _run(self, p: ProbeState, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        timing = p.timing
+        lo, hi = timing.interval * (1 - timing.jitter), timing.interval * (1 + timing.jitter)
+        uniform = self._rng.uniform
+        if delay > 0:
+            await asyncio.sleep(delay)
+        while True:
+            start = loop.time()
+            try:
+                result = await self.checker.run(p.spec, p.address, timing.timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug in a check must not stop the others
+                log.exception("health check %s crashed", p.name)
+                result = CheckResult(False, loop.time() - start, f"internal error: {type(e).__name__}: {e}")
+            self._record(p, result)
+            wait = start + uniform(lo, hi) - loop.time()
+            await asyncio.sleep(wait if wait > 0 else 0)
+
+    def _record(self, p: ProbeState, r: CheckResult) -> None:
+        p.stats.add(r)
+        p.last = r
+        if self.on_result is not None:
+            try:
+                self.on_result(p, r)
+            except Exception:
+                log.exception("on_result callback failed")
+        changed = False
+        if p.up is None:
+            p.up, p.streak, changed = r.ok, 0, True
+        elif r.ok == p.up:
+            p.streak = 0
+        else:
+            p.streak += 1
+            if p.streak >= (p.timing.rise if r.ok else p.timing.fall):
+                p.up, p.streak, changed = r.ok, 0, True
+        if changed:
+            for key in tuple(p.targets):
+                st = self._targets.get(key)
+                if st is not None:
+                    self._decide(st, p, r)
+
+    def _decide(self, st: _TargetState, p: ProbeState | None, r: CheckResult | None) -> None:
+        if self._stopped or self._targets.get(st.target.key) is not st:
+            return
+        ups = [q.up for q in st.probes]
+        healthy: bool | None
+        if False in ups:
+            healthy = False
+        elif None in ups:
+            healthy = None
+        else:
+            healthy = True
+        if healthy is None or healthy == st.healthy:
+            return
+        if p is None or r is None:
+            # decided without a new result: no checks, or a reconfigured target re-evaluated
+            bad = next((q for q in st.probes if q.up is False), None)
+            if not st.probes:
+                reason = "no health checks configured"
+            elif bad is not None:
+                p, r = bad, bad.last
+                reason = f"{bad.name} failing: {r.error if r else '?'}"
+            else:
+                reason = "all checks passing"
+        else:
+            reason = self._reason(p, r)
+        previous, st.healthy, st.since, st.reason = st.healthy, healthy, time.time(), reason
+        v = Verdict(
+            st.target.key, st.target.address, healthy, previous, p.spec if p else None, r, reason, st.since
+        )
+        if self.on_change is not None:
+            try:
+                self.on_change(v)
+            except Exception:
+                log.exception("on_change callback failed")
+        for q in self._queues:
+            q.put_nowait(v)
+
+    @staticmethod
+    def _reason(p: ProbeState, r: CheckResult) -> str:
+        t = p.timing
+        if p.stats.checks == 1:
+            count = "first result"
+        elif r.ok:
+            count = f"{t.rise} successes in a row, rise {t.rise}"
+        else:
+            count = f"{t.fall} failures in a row, fall {t.fall}"
+        if r.ok:
+            detail = f", {r.detail}" if r.detail else ""
+            return f"{p.name} passed in {r.latency * 1000:.1f} ms{detail} ({count})"
+        return f"{p.name} failed after {r.latency * 1000:.1f} ms: {r.error} ({count})"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def changes(self) -> AsyncIterator[Verdict]:
+        """Verdict changes from now on, until ``stop()``: ``async for v in hc.changes(): ...``."""
+        q: asyncio.Queue[Verdict | None] = asyncio.Queue()
+        self._queues.append(q)
+        try:
+            while True:
+                v = await q.get()
+                if v is None:
+                    return
+                yield v
+        finally:
+            if q in self._queues:
+                self._queues.remove(q)
+
+    def healthy(self, key: Hashable) -> bool | None:
+        """The target's verdict: True / False, None while undecided (or unknown key)."""
+        st = self._targets.get(key)
+        return None if st is None else st.healthy
+
+    def status(self) -> list[TargetStatus]:
+        """A snapshot of every target, in the order they were first given."""
+        return [
+            TargetStatus(k, st.target.address, st.healthy, st.since, st.reason, tuple(st.probes))
+            for k, st in self._targets.items()
+        ]
+
+    def probes(self) -> list[ProbeState]:
+        """Every running probe (one per distinct check), with its state and CheckStats."""
+        return list(self._probes.values())
+
+    def stats(self) -> dict[str, CheckStats]:
+        """Latency/count statistics per check, keyed by the check's description
+        (``http://10.0.0.1:80/``; a probe listed with two timings appears once, the last wins)."""
+        return {p.name: p.stats for p in self._probes.values()}
+
+    async def stop(self) -> None:
+        """Cancel every check, end the ``changes()`` iterators, close the shared sockets."""
+        self._stopped = True
+        tasks = [p.task for p in self._probes.values() if p.task is not None]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._probes.clear()
+        self._targets.clear()
+        for q in self._queues:
+            q.put_nowait(None)
+        self.checker.close()
