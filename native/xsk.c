@@ -16,20 +16,25 @@
  * backend (fwd_result.egress_ifindex, 0 = where it came in); REPLY frames
  * always leave where they came in. Each worker holds up to XSK_MAX_EGRESS tx
  * paths, path 0 being its own socket. The first frame for another interface
- * opens a path to it (once, in the worker thread; or ahead of time):
- *  1. an AF_XDP socket on (that interface, our queue id) bound with
- *     XDP_SHARED_UMEM to our umem - tx ring only, plus the fill/completion
- *     rings the kernel wants for every (device, queue) a umem is bound to.
- *     The frame goes out without a copy in user space (and without any in
- *     zero-copy mode). This works on veth in copy mode (checked with
- *     bench/xsk_noop, which forwards between two veths this way).
- *  2. if the kernel refuses that bind - the egress device has no such queue,
- *     another worker's umem already owns (device, queue), or zero-copy is
- *     unsupported there - an AF_PACKET socket bound to the interface with
- *     PACKET_QDISC_BYPASS, fed with sendmmsg() straight from the umem. In
- *     copy mode this costs what the AF_XDP copy-mode tx costs (the kernel
- *     copies into an skb either way), and it never conflicts with anything.
- * A path that cannot be opened at all drops its frames (tx_dropped).
+ * opens a path to it (once per interface, in the worker thread):
+ *  1. copy mode: an AF_XDP socket on (that interface, our queue id) bound
+ *     with XDP_SHARED_UMEM to our umem - tx ring only, plus the fill and
+ *     completion rings the kernel wants for every (device, queue) a umem is
+ *     bound to. The frame goes out from the umem as it is, through the same
+ *     ring/kick machinery as path 0. Works on veth in copy mode (also what
+ *     bench/xsk_noop forwards with).
+ *  2. an AF_PACKET socket bound to the interface (PACKET_QDISC_BYPASS), fed
+ *     with sendmmsg() straight from the umem: when the kernel refuses 1 (the
+ *     egress device has no such queue, or another worker's umem owns that
+ *     (device, queue) because fwd receives on it too), and always for
+ *     zero-copy workers - a zero-copy bind on another NIC's queue can hand
+ *     that queue's receive side to our (never filled) fill ring on some
+ *     drivers, starving the host's own traffic there. In copy mode it costs
+ *     what AF_XDP's copy-mode tx costs: the kernel copies into an skb either
+ *     way. Zero-copy egress is therefore only on the receiving interface.
+ * A path that cannot be opened drops its frames (tx_dropped) and is retried
+ * every second; one whose interface disappears (ENXIO) first takes back the
+ * frames still in its rings.
  *
  * No allocation and no lock per packet; counters belong to the worker.
  */
@@ -44,6 +49,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <xdp/xsk.h>
@@ -59,6 +65,7 @@
 #define XSK_BUSY_POLL_USEC 20
 #define XSK_BUSY_SPINS 1000        /* empty busy-poll rounds before sleeping in poll() */
 #define XSK_STATS_EVERY 1024       /* polls between XDP_STATISTICS reads */
+#define XSK_EGRESS_RETRY_NS 1000000000ull   /* a failed egress path is retried after 1 s */
 
 #ifndef SO_PREFER_BUSY_POLL
 #define SO_PREFER_BUSY_POLL 69
@@ -83,6 +90,8 @@ struct tx_path {
 	struct xsk_ring_prod fq;         /* path 0: the rx fill ring; others: unused */
 	struct xsk_ring_cons cq;
 	uint32_t n;                      /* frames queued in this burst */
+	uint64_t retry_ns;               /* TX_FAILED: when to try opening it again */
+	int quiet;                       /* failure already logged: retries fail silently */
 	uint64_t addr[XSK_MAX_BATCH];
 	uint32_t len[XSK_MAX_BATCH];
 	struct mmsghdr *msgs;            /* TX_PACKET only */
@@ -228,46 +237,64 @@ static int pow2(uint32_t v)
 
 /* ---- egress paths ---- */
 
-/* Open a tx path to ifindex (see the top comment). Never fails: TX_FAILED drops. */
-static struct tx_path *egress_open(struct xsk_port *x, uint32_t ifindex)
+static uint64_t now_ns(void)
 {
-	struct tx_path *p = &x->paths[x->npaths++];
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * (Re)open tx path p to p->ifindex (see the top comment). On failure the
+ * path stays TX_FAILED - its frames are dropped - and is retried after
+ * XSK_EGRESS_RETRY_NS. Returns p when usable, else NULL.
+ */
+static struct tx_path *egress_open(struct xsk_port *x, struct tx_path *p)
+{
 	struct xsk_socket_config scfg = {
 		.rx_size = 0,
 		.tx_size = x->ring_size,
 		.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
 	};
-	struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_ifindex = (int)ifindex};
+	struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_ifindex = (int)p->ifindex};
 	char name[IF_NAMESIZE];
 	int one = 1, rc;
 
-	memset(p, 0, sizeof(*p));
-	p->ifindex = ifindex;
 	p->kind = TX_FAILED;
 	p->fd = -1;
-	if (!if_indextoname(ifindex, name)) {
-		fprintf(stderr, "fwd: %s: egress interface %u: %s; its frames are dropped\n",
-			x->w->name, ifindex, strerror(errno));
+	p->xsk = NULL;
+	p->n = 0;
+	p->retry_ns = now_ns() + XSK_EGRESS_RETRY_NS;
+	if (!if_indextoname(p->ifindex, name)) {
+		if (!p->quiet++)
+			fprintf(stderr, "fwd: %s: egress interface %u: %s; its frames are dropped\n",
+				x->w->name, p->ifindex, strerror(errno));
 		return NULL;
 	}
-	rc = xsk_socket__create_shared(&p->xsk, name, x->queue, x->umem, NULL, &p->tx, &p->fq,
-				       &p->cq, &scfg);
+	rc = x->zerocopy ? -EOPNOTSUPP :   /* see the top comment */
+		xsk_socket__create_shared(&p->xsk, name, x->queue, x->umem, NULL, &p->tx, &p->fq,
+					  &p->cq, &scfg);
 	if (!rc) {
 		p->kind = TX_XSK;
+		p->quiet = 0;
 		p->fd = xsk_socket__fd(p->xsk);
 		fprintf(stderr, "fwd: %s: egress %s queue %u: AF_XDP (shared umem)\n", x->w->name,
 			name, x->queue);
 		return p;
 	}
 	p->xsk = NULL;
-	p->msgs = calloc(XSK_MAX_BATCH, sizeof(*p->msgs));
-	p->iov = calloc(XSK_MAX_BATCH, sizeof(*p->iov));
+	if (!p->msgs)
+		p->msgs = calloc(XSK_MAX_BATCH, sizeof(*p->msgs));
+	if (!p->iov)
+		p->iov = calloc(XSK_MAX_BATCH, sizeof(*p->iov));
 	p->fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);   /* proto 0: receives nothing */
 	if (!p->msgs || !p->iov || p->fd < 0 ||
 	    setsockopt(p->fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)) ||
 	    bind(p->fd, (struct sockaddr *)&sll, sizeof(sll))) {
-		fprintf(stderr, "fwd: %s: egress %s: no AF_XDP (%s) and no AF_PACKET socket (%s); "
-			"its frames are dropped\n", x->w->name, name, strerror(-rc), strerror(errno));
+		if (!p->quiet++)
+			fprintf(stderr, "fwd: %s: egress %s: no AF_XDP (%s) and no AF_PACKET socket (%s); "
+				"its frames are dropped\n", x->w->name, name, strerror(-rc), strerror(errno));
 		if (p->fd >= 0)
 			close(p->fd);
 		p->fd = -1;
@@ -278,25 +305,61 @@ static struct tx_path *egress_open(struct xsk_port *x, uint32_t ifindex)
 		p->msgs[i].msg_hdr.msg_iovlen = 1;
 	}
 	p->kind = TX_PACKET;
-	fprintf(stderr, "fwd: %s: egress %s: AF_XDP on queue %u refused (%s), using AF_PACKET\n",
-		x->w->name, name, x->queue, strerror(-rc));
+	p->quiet = 0;
+	fprintf(stderr, "fwd: %s: egress %s: %s%s, using AF_PACKET\n", x->w->name, name,
+		x->zerocopy ? "zero-copy worker" : "AF_XDP refused: ", x->zerocopy ? "" : strerror(-rc));
 	return p;
+}
+
+/*
+ * The egress interface went away (ENXIO/ENODEV): take back the frames still
+ * in the path's rings, close it and let egress_path retry it later.
+ */
+static void egress_lost(struct xsk_port *x, struct tx_path *p, int err)
+{
+	fprintf(stderr, "fwd: %s: egress interface %u lost (%s); retrying in %u s\n", x->w->name,
+		p->ifindex, strerror(err), (unsigned)(XSK_EGRESS_RETRY_NS / 1000000000u));
+	if (p->kind == TX_XSK) {
+		uint32_t idx, n = xsk_ring_cons__peek(&p->cq, x->ring_size, &idx);
+
+		for (uint32_t i = 0; i < n; i++)
+			frame_free(x, *xsk_ring_cons__comp_addr(&p->cq, idx + i));
+		for (uint32_t i = *p->tx.consumer; i != *p->tx.producer; i++)
+			frame_free(x, xsk_ring_prod__tx_desc(&p->tx, i)->addr);
+		xsk_socket__delete(p->xsk);
+		p->xsk = NULL;
+	} else if (p->kind == TX_PACKET) {
+		close(p->fd);
+	}
+	p->fd = -1;
+	p->kind = TX_FAILED;
+	p->retry_ns = now_ns() + XSK_EGRESS_RETRY_NS;
 }
 
 static inline struct tx_path *egress_path(struct xsk_port *x, uint32_t ifindex)
 {
+	struct tx_path *p;
+
 	if (!ifindex || ifindex == x->rx_ifindex)
 		return &x->paths[0];
-	for (uint32_t i = 1; i < x->npaths; i++)
-		if (x->paths[i].ifindex == ifindex)
-			return x->paths[i].kind == TX_FAILED ? NULL : &x->paths[i];
+	for (uint32_t i = 1; i < x->npaths; i++) {
+		p = &x->paths[i];
+		if (p->ifindex != ifindex)
+			continue;
+		if (p->kind != TX_FAILED)
+			return p;
+		return now_ns() >= p->retry_ns ? egress_open(x, p) : NULL;
+	}
 	if (x->npaths == XSK_MAX_EGRESS) {
 		if (!x->egress_full_logged++)
 			fprintf(stderr, "fwd: %s: more than %d egress interfaces; frames to others are dropped\n",
 				x->w->name, XSK_MAX_EGRESS - 1);
 		return NULL;
 	}
-	return egress_open(x, ifindex);
+	p = &x->paths[x->npaths++];
+	memset(p, 0, sizeof(*p));
+	p->ifindex = ifindex;
+	return egress_open(x, p);
 }
 
 /* ---- the ring loop ---- */
@@ -331,22 +394,26 @@ static void refill(struct xsk_port *x)
 	xsk_ring_prod__submit(fq, n);
 }
 
-static void kick_tx(struct xsk_port *x, struct tx_path *p, uint32_t n)
+/* Returns 0 or the errno that ended the kicks. */
+static int kick_tx(struct xsk_port *x, struct tx_path *p, uint32_t n)
 {
 	if (!xsk_ring_prod__needs_wakeup(&p->tx))
-		return;
+		return 0;
 	/* Copy mode sends at most XSK_KERNEL_TX_BATCH per call and says EAGAIN for the rest. */
 	for (uint32_t k = 0; k <= n / XSK_KERNEL_TX_BATCH; k++) {
 		x->w->port.wakeups++;
-		if (sendto(p->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0 ||
-		    (errno != EAGAIN && errno != EBUSY))
-			break;   /* ENOBUFS/ENETDOWN: the next burst tries again */
+		if (sendto(p->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
+			return 0;
+		if (errno != EAGAIN && errno != EBUSY)
+			return errno;   /* ENOBUFS/ENETDOWN: the next burst tries again */
 	}
+	return 0;
 }
 
 static void flush_xsk(struct xsk_port *x, struct tx_path *p)
 {
 	uint32_t n = p->n, idx, room = xsk_prod_nb_free(&p->tx, n);
+	int err;
 
 	if (room < n) {
 		reap(x);
@@ -368,24 +435,30 @@ static void flush_xsk(struct xsk_port *x, struct tx_path *p)
 		xsk_ring_prod__submit(&p->tx, n);
 		x->w->port.tx_packets += n;
 	}
-	kick_tx(x, p, n);
+	err = kick_tx(x, p, n);
+	if ((err == ENXIO || err == ENODEV) && p != &x->paths[0])
+		egress_lost(x, p, err);   /* path 0 gone: idle_wait sees POLLERR */
 }
 
 static void flush_packet(struct xsk_port *x, struct tx_path *p)
 {
-	int sent;
+	int sent, err = 0;
 
 	for (uint32_t i = 0; i < p->n; i++) {
 		p->iov[i].iov_base = x->area + p->addr[i];
 		p->iov[i].iov_len = p->len[i];
 	}
 	sent = sendmmsg(p->fd, p->msgs, p->n, MSG_DONTWAIT);
-	if (sent < 0)
+	if (sent < 0) {
+		err = errno;
 		sent = 0;
+	}
 	x->w->port.tx_packets += (uint32_t)sent;
 	x->w->port.tx_dropped += p->n - (uint32_t)sent;
 	for (uint32_t i = 0; i < p->n; i++)   /* the kernel copied them */
 		frame_free(x, p->addr[i]);
+	if (err == ENXIO || err == ENODEV)
+		egress_lost(x, p, err);
 }
 
 static void read_kernel_stats(struct xsk_port *x)
@@ -470,7 +543,7 @@ static int xsk_poll(struct fwd_worker *w, const struct fwd_snapshot *s)
 			continue;
 		if (p->kind == TX_XSK)
 			flush_xsk(x, p);
-		else
+		else if (p->kind == TX_PACKET)
 			flush_packet(x, p);
 		p->n = 0;
 	}
