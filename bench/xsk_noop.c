@@ -299,7 +299,8 @@ int main(int argc, char **argv)
 		binds[i].port_hi = 65535;
 		binds[i].hash_fields = FWD_HASH_SRC_ADDR;
 	}
-	st = fwd_steer_attach(obj, argv[1], copy ? FWD_XSK_MODE_COPY : FWD_XSK_MODE_AUTO, err, sizeof(err));
+	/* XDP native when the driver has it (as fwd run attaches); --copy is about the socket bind only. */
+	st = fwd_steer_attach(obj, argv[1], FWD_XSK_MODE_AUTO, err, sizeof(err));
 	if (!st) {
 		fprintf(stderr, "xsk_noop: %s\n", err);
 		return 1;
