@@ -485,11 +485,12 @@ static int idle_wait(struct xsk_port *x)
 			return 0;
 	}
 	x->idle_spins = 0;
-	if (poll(&pfd, 1, FWD_POLL_MS) < 0 || !(pfd.revents & (POLLERR | POLLHUP | POLLNVAL)))
+	if (poll(&pfd, 1, FWD_POLL_MS) > 0 && !(pfd.revents & (POLLERR | POLLHUP | POLLNVAL)))
 		return 0;
-	getsockopt(x->fd, SOL_SOCKET, SO_ERROR, &err, &elen);
-	fprintf(stderr, "fwd: %s: socket failed: %s\n", x->w->name,
-		err ? strerror(err) : "interface gone");
+	/* The kernel unbinds the socket and sets ENETDOWN when the interface goes away. */
+	if (getsockopt(x->fd, SOL_SOCKET, SO_ERROR, &err, &elen) || !err)
+		return 0;
+	fprintf(stderr, "fwd: %s: socket failed: %s (interface gone?)\n", x->w->name, strerror(err));
 	return -1;
 }
 
@@ -629,7 +630,8 @@ int fwd_runtime_add_xsk(struct fwd_runtime *rt, const struct fwd_xsk_config *cfg
 		if (rc) {
 			rc = fwd_errf(err, errlen, "%s queue %u: cannot bind an AF_XDP socket: %s%s",
 				      x->ifname, x->queue, strerror(-rc),
-				      rc == -EINVAL ? " (no such queue?)" : "");
+				      rc == -EINVAL ? " (no such queue?)" :
+				      rc == -EBUSY ? " (another AF_XDP socket has this queue)" : "");
 			goto fail;
 		}
 		if (cfg->mode == FWD_XSK_MODE_AUTO)
