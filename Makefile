@@ -1,7 +1,7 @@
 # fwd — common tasks. `make test` works on a fresh machine (it runs setup first).
 PY := .venv/bin/python
 
-.PHONY: setup build test lint unit pcap-tests bench bench-core example clean
+.PHONY: setup build test lint unit pcap-tests netns-tests bench bench-core bench-live example clean
 
 setup:
 	bash scripts/setup.sh
@@ -22,10 +22,22 @@ unit: setup
 pcap-tests: setup
 	$(PY) -m pytest -q tests/pcap
 
+netns-tests: setup
+	$(MAKE) -C native/bpf
+	$(PY) -m pytest -q tests/netns
+
 bench-core: setup
 	$(PY) bench/bench_core.py
 
-bench: bench-core
+# The live path (root: network namespaces, XDP): fwd AF_XDP, fwd raw socket, kernel forwarding
+# and a no-op AF_XDP forwarder side by side; bench-report/live.md + live.png.
+bench-live: setup
+	$(MAKE) -C native/bpf all noop
+	$(PY) bench/bench_live.py
+
+# Both, then bench-report/README.md (core + live, with the chart).
+bench: bench-core bench-live
+	$(PY) bench/bench_live.py --combine
 
 # The README's example: a capture run through the C core.
 example: setup

@@ -38,7 +38,7 @@ from tests.netns import topology as tp
 SWAPS = 100
 INTERVAL = 0.1  # s between publishes
 RATE = 2000  # frames/s from the client
-MARGIN = 0.02  # s either side of a publish where the old and the new table are both acceptable
+MARGIN = 0.01  # s either side of a publish where the old and the new table are both acceptable
 CLIENTS = 64
 MAGIC = b"fwdswap!"
 VIP = "10.100.0.1"
