@@ -1,7 +1,7 @@
 """cffi build script (API mode, out of line) for the C packet core.
 
-The cdef is read from native/fwd_api.h and native/runtime_api.h between their
-cdef markers, so the headers stay the single source of truth for what Python
+The cdef is read from native/fwd_api.h, native/runtime_api.h and native/redirect_api.h
+between their cdef markers, so the headers stay the single source of truth for what Python
 may call.
 """
 
@@ -23,7 +23,7 @@ def _cdef_section(header: str) -> str:
 
 
 def api_declarations() -> str:
-    return _cdef_section("fwd_api.h") + _cdef_section("runtime_api.h")
+    return _cdef_section("fwd_api.h") + _cdef_section("runtime_api.h") + _cdef_section("redirect_api.h")
 
 
 def native_sources() -> list[str]:
@@ -36,7 +36,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(api_declarations())
 ffibuilder.set_source(
     "fwd._fwd_native",
-    '#include "fwd_api.h"\n#include "runtime_api.h"\n',
+    '#include "fwd_api.h"\n#include "runtime_api.h"\n#include "redirect_api.h"\n',
     sources=native_sources(),
     include_dirs=[str(NATIVE)],
     extra_compile_args=CFLAGS,
