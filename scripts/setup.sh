@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(gcc make libc6-dev iproute2 tcpdump tshark
-              clang llvm libbpf-dev libxdp-dev libelf-dev pkg-config bpftool)
+              clang llvm libbpf-dev libxdp-dev libelf-dev pkg-config bpftool
+              nftables ethtool netsniff-ng iputils-ping curl nginx-light openssl procps psmisc)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
