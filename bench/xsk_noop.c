@@ -105,7 +105,7 @@ static void *queue_main(void *arg)
 	int rx_fd = xsk_socket__fd(q->rx_xsk), tx_fd = xsk_socket__fd(q->tx_xsk);
 
 	while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
-		uint32_t idx, tidx, n, room;
+		uint32_t idx, tidx = 0, n, room;
 
 		reap(q);
 		refill(q);
@@ -335,10 +335,16 @@ out:
 		pthread_join(queues[i].thread, NULL);
 	fwd_steer_detach(st);
 	for (uint32_t i = 0; i < nq; i++) {
+		struct xdp_statistics xs = {0};
+		socklen_t len = sizeof(xs);
+
+		if (queues[i].rx_xsk)
+			getsockopt(xsk_socket__fd(queues[i].rx_xsk), SOL_XDP, XDP_STATISTICS, &xs, &len);
 		if (queues[i].rx_packets)
-			fprintf(stderr, "xsk_noop: queue %u: rx %lu tx %lu dropped %lu\n", i,
+			fprintf(stderr, "xsk_noop: queue %u: rx %lu tx %lu dropped %lu kernel drops %lu\n", i,
 				(unsigned long)queues[i].rx_packets, (unsigned long)queues[i].tx_packets,
-				(unsigned long)queues[i].tx_dropped);
+				(unsigned long)queues[i].tx_dropped,
+				(unsigned long)(xs.rx_dropped + xs.rx_ring_full));
 		queue_close(&queues[i]);
 	}
 	return rc;

@@ -136,7 +136,7 @@ struct fwd_steer *fwd_steer_attach(const char *obj_path, const char *ifname, uin
 				   char *err, size_t errlen)
 {
 	const uint32_t flags[3] = {XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE, XDP_FLAGS_HW_MODE};
-	uint32_t try[2], ntry = 0, stale[3];
+	uint32_t try[2], ntry = 0, stale[3] = {0};
 	struct bpf_program *prog;
 	struct fwd_steer *st;
 	int rc = 0;
