@@ -290,8 +290,10 @@ def test_multiqueue_one_worker_per_queue(mode, make_topology, start_fwd):
     frames = tp.stop_captures(caps, settle=0.5)
     after = topo.veth_queue_stats(topo.l4, "eth0")
     problems = check_outputs(live, sent, frames)
-    assert_clean_exit(live)
+    log = assert_clean_exit(live)
     assert not problems, f"{len(problems)} of {len(sent)} flows wrong ({mode}):\n" + "\n\n".join(problems[:5])
+    ports = exit_stats(log)["ports"]
+    assert len(ports) == 2 and all(p["rx_packets"] > 0 for p in ports), f"per-worker counters: {ports}"
     if mode == "xdp":
         per_queue = [after.get(f"rx_queue_{q}_xdp_packets", 0) - before.get(f"rx_queue_{q}_xdp_packets", 0)
                      for q in range(2)]  # fmt: skip

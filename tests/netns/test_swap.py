@@ -160,6 +160,15 @@ class Stream:
         self.sender.close()
 
 
+def readline(proc: subprocess.Popen, timeout: float) -> str | None:
+    """The helper's next line of output, or None when it says nothing for timeout seconds."""
+    box: list[str] = []
+    t = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    return box[0].strip() if box else None
+
+
 def acceptable(t: float, publishes: list[dict]) -> set[str]:
     """Table versions a frame sent at t may have met: the one in effect, and at a swap boundary
     (within MARGIN of a publish) the one on the other side of it too."""
@@ -190,7 +199,7 @@ def test_100_swaps_under_traffic(mode, topo, fwd_run_ok, tmp_path):
     )  # fmt: skip
     stream = None
     try:
-        line = helper.stdout.readline().strip()
+        line = readline(helper, 60)
         assert line == "ready", f"helper did not start ({line!r}):\n{(tmp_path / 'helper.log').read_text()}"
         # next hops resolved and workers forwarding: the probes of table A arrive
         probes = tp.probe_frames(cfgs["A"], topo)
@@ -206,7 +215,7 @@ def test_100_swaps_under_traffic(mode, topo, fwd_run_ok, tmp_path):
         time.sleep(0.3)
         helper.stdin.write("go\n")
         helper.stdin.flush()
-        done = helper.stdout.readline().strip()
+        done = readline(helper, SWAPS * INTERVAL * 5 + 30)
         time.sleep(0.3)
         stream.stop()
         frames = tp.stop_captures(caps, settle=0.5)
