@@ -22,6 +22,7 @@ Refusals (not privileged, interface missing, back end unavailable) raise LiveErr
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import ipaddress
 import json
@@ -38,13 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from fwd import native
 from fwd.config import Config
 from fwd.dataplane import Counters
-from fwd.nexthop import IPAddress, NextHop, NextHopThread
+from fwd.nexthop import IPAddress, NextHop, NextHopThread, run_netlink
 from fwd.table import ForwardingTable
 
 __all__ = ["LiveDataplane", "LiveError", "MODES", "XSK_MODES", "NFT_TABLE", "Interface"]
@@ -151,7 +151,8 @@ def rx_queues_in_use(name: str, ifindex: int, mac: str | None, allocated: int) -
 
 
 def interfaces_info(names: Sequence[str]) -> list[Interface]:
-    """Look the interfaces up over netlink (correct in any network namespace)."""
+    """Look the interfaces up over netlink (correct in any network namespace; callable from
+    inside a running event loop: the netlink work runs on a thread of its own)."""
     if not names:
         raise LiveError("no interface given (--interface IF)")
     seen = set()
@@ -161,37 +162,45 @@ def interfaces_info(names: Sequence[str]) -> list[Interface]:
         seen.add(name)
         if not IFNAME.fullmatch(name):
             raise LiveError(f"interface {name!r}: not a usable interface name")
-    out = []
-    with IPRoute(groups=0) as ipr:
+
+    async def lookup(ipr: Any) -> list[tuple[Any, list[Any]]]:
+        out = []
         for name in names:
             try:
-                links = ipr.link("get", ifname=name)
+                links = await ipr.link("get", ifname=name)
             except NetlinkError:
                 links = ()
             if not links:
                 raise LiveError(f"interface {name} does not exist")
             link = links[0]
-            index = link["index"]
-            mac_text = link.get("IFLA_ADDRESS")
-            mac = bytes.fromhex(mac_text.replace(":", "")) if mac_text else None
-            addrs: list[IPAddress] = []
-            for a in ipr.addr("dump", index=index):
-                if a.get("scope") == 0 and not (a.get("IFA_FLAGS") or a.get("flags") or 0) & 0x41:
-                    text = a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")
-                    if text:
-                        addrs.append(ipaddress.ip_address(text))
-            out.append(
-                Interface(
-                    name=name,
-                    ifindex=index,
-                    rx_queues=rx_queues_in_use(name, index, mac_text, link.get("IFLA_NUM_RX_QUEUES") or 1),
-                    mtu=link.get("IFLA_MTU") or 0,
-                    mac=mac if mac and len(mac) == 6 else None,
-                    up=bool(link["flags"] & 1),
-                    addresses=tuple(addrs),
-                )
+            addrs = [a async for a in await ipr.addr("dump", index=link["index"])]
+            out.append((link, addrs))
+        return out
+
+    result = []
+    for name, (link, addr_msgs) in zip(names, run_netlink(lookup), strict=True):
+        index = link["index"]
+        mac_text = link.get("IFLA_ADDRESS")
+        mac = bytes.fromhex(mac_text.replace(":", "")) if mac_text else None
+        addrs: list[IPAddress] = []
+        for a in addr_msgs:
+            # scope global, neither secondary (0x01) nor tentative (0x40)
+            if a.get("scope") == 0 and not (a.get("IFA_FLAGS") or a.get("flags") or 0) & 0x41:
+                text = a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")
+                if text:
+                    addrs.append(ipaddress.ip_address(text))
+        result.append(
+            Interface(
+                name=name,
+                ifindex=index,
+                rx_queues=rx_queues_in_use(name, index, mac_text, link.get("IFLA_NUM_RX_QUEUES") or 1),
+                mtu=link.get("IFLA_MTU") or 0,
+                mac=mac if mac and len(mac) == 6 else None,
+                up=bool(link["flags"] & 1),
+                addresses=tuple(addrs),
             )
-    return out
+        )
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,30 +281,41 @@ class NftGuard:
             raise LiveError(f"nftables: cannot {what}: {detail}")
 
     def existing(self) -> dict[str, Any] | None:
-        """The fwd_raw table of this network namespace, if any (its JSON object)."""
+        """The fwd_raw table of this network namespace, if any: {"owner": pid or None}.
+
+        The owner is read from the rules' comments ("fwd pid N"): nft's JSON output carries
+        rule comments but not table comments.
+        """
         p = subprocess.run(
             [self.nft, "-j", "list", "table", "netdev", NFT_TABLE], capture_output=True, text=True, timeout=30
         )
         if p.returncode != 0:
             return None
+        owner = None
         try:
             for e in json.loads(p.stdout)["nftables"]:
-                if "table" in e:
-                    return dict(e["table"])
-        except (ValueError, KeyError, TypeError):
+                owner = owner or _owner_pid(str(e.get("rule", {}).get("comment", "")))
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass
-        return {}
+        return {"owner": owner}
 
-    def install(self, binds: Sequence[native.BindSpec], forward_icmp_echo: bool) -> None:
+    def check_owner(self) -> dict[str, Any] | None:
+        """Refuse when a running fwd owns the table; returns the table found (None: none)."""
         old = self.existing()
-        prefix = ""
         if old is not None:
-            owner = _owner_pid(str(old.get("comment", "")))
+            owner = old["owner"]
             if owner and owner != os.getpid() and _is_fwd(owner):
                 raise LiveError(
                     f"nftables table netdev {NFT_TABLE} belongs to a running fwd (pid {owner}): "
                     "one raw-mode fwd per network namespace"
                 )
+        return old
+
+    def install(self, binds: Sequence[native.BindSpec], forward_icmp_echo: bool) -> None:
+        old = self.check_owner()
+        prefix = ""
+        if old is not None:
+            owner = old["owner"]
             by = f" (pid {owner})" if owner else ""
             self.log.warning(
                 "replacing the stale nftables table netdev %s left by an earlier run%s", NFT_TABLE, by
@@ -311,7 +331,7 @@ class NftGuard:
             hook = f'type filter hook ingress device "{iface.name}" priority {NFT_PRIORITY}'
             script += f"    {hook}; policy accept;\n"
             for rule in RULES:
-                script += f"    {rule}\n"
+                script += f'    {rule} comment "fwd pid {os.getpid()}"\n'
             script += "  }\n"
         script += "}\n"
         self._run(script, f"install table netdev {NFT_TABLE}")
@@ -373,6 +393,25 @@ def _binds_of(cfg: Config) -> list[native.BindSpec]:
         for t, table in enumerate(cfg.tables)
         for b in table.binds
     ]
+
+
+def _xdp_prog_ids(ifindexes: Sequence[int]) -> dict[int, int]:
+    """The id of the XDP program attached to each interface (netlink IFLA_XDP)."""
+
+    async def look(ipr: Any) -> dict[int, int]:
+        out = {}
+        for index in ifindexes:
+            with contextlib.suppress(NetlinkError, IndexError):
+                xdp = (await ipr.link("get", index=index))[0].get("IFLA_XDP")
+                prog = xdp.get("IFLA_XDP_PROG_ID") if xdp is not None else None
+                if prog:
+                    out[index] = int(prog)
+        return out
+
+    try:
+        return run_netlink(look)
+    except (OSError, NetlinkError):
+        return {}
 
 
 def _backend_addresses(tables: Iterable[Any]) -> list[IPAddress]:
@@ -508,6 +547,7 @@ class LiveDataplane:
 
     def _start_raw(self) -> None:
         nft = NftGuard(self.interfaces, self.log)
+        nft.check_owner()  # before any socket: a second fwd must not forward a single frame
         rt = native.runtime_new()
         self._rt = rt
         try:
@@ -559,13 +599,24 @@ class LiveDataplane:
         except AttributeError as e:  # an extension built without the AF_XDP back end
             raise LiveError(f"xdp mode: the C extension lacks the AF_XDP back end ({e})") from None
         self.mode_used = "xdp"
+        prog_ids = _xdp_prog_ids([i.ifindex for i in self.interfaces])
         for iface in self.interfaces:
+            st = self._steers[iface.name]
             n = iface.rx_queues
+            stale = native.steer_replaced_stale(st)
+            if stale:
+                self.log.warning(
+                    "xdp: replaced the stale fwd steering program (id %d) left on %s by an earlier run",
+                    stale,
+                    iface.name,
+                )
             self.log.info(
-                "xdp: %s (ifindex %d): steering program attached, %d worker%s "
+                "xdp: %s (ifindex %d): steering program id %s attached (%s XDP), %d worker%s "
                 "(one AF_XDP socket per rx queue, bind mode %s%s)",
                 iface.name,
                 iface.ifindex,
+                prog_ids.get(iface.ifindex, "?"),
+                native.steer_attach_mode(st),
                 n,
                 "" if n == 1 else "s",
                 self.xsk_mode,
@@ -606,6 +657,19 @@ class LiveDataplane:
                     raise LiveError(f"{len(tables)} tables given, the config has {len(self.cfg.tables)}")
                 self.tables = tables
             return self._publish_locked()
+
+    def set_backends(self, changes: dict[int, Sequence[Any]]) -> tuple[dict[int, native.UpdateStats], int]:
+        """Give some tables new backend lists (incremental updates) and publish one snapshot.
+
+        For state and health changes of the backends the tables already have (the daemon's
+        health verdicts): next hops are not looked up again, so a backend that was inactive and
+        becomes ranked must come through publish(cfg) instead. Returns the update statistics
+        per table index and the published generation."""
+        with self._lock:
+            if self._rt is None or self._stopped:
+                raise LiveError("the data plane is not running")
+            stats = {ti: self.tables[ti].set_backends(backends) for ti, backends in changes.items()}
+            return stats, self._publish_locked()
 
     def _apply_config(self, cfg: Config) -> None:
         same = [_table_identity(t) for t in cfg.tables] == [_table_identity(t) for t in self.cfg.tables]

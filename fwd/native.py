@@ -425,3 +425,13 @@ def steer_counters(st: Any) -> tuple[int, int, int]:
 def steer_detach(st: Any) -> None:
     """Detach and unload now (idempotent through cffi: a released pointer is not freed twice)."""
     ffi.release(st)
+
+
+def steer_attach_mode(st: Any) -> str:
+    """The XDP mode the steering program ended up in: "native" or "generic"."""
+    return ffi.string(lib.fwd_steer_attach_mode(st)).decode()
+
+
+def steer_replaced_stale(st: Any) -> int:
+    """Id of the stale fwd steering program (crashed run) attach replaced, 0 if none."""
+    return int(lib.fwd_steer_replaced_stale(st))

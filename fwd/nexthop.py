@@ -24,10 +24,10 @@ import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -51,7 +51,9 @@ from pyroute2.netlink.rtnl.ndmsg import (
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-__all__ = ["NextHop", "NextHopResolver", "NextHopThread", "IPAddress"]
+__all__ = ["NextHop", "NextHopResolver", "NextHopThread", "IPAddress", "run_netlink"]
+
+T = TypeVar("T")
 
 RTN_UNICAST = 1
 RTN_NAMES = {
@@ -351,6 +353,33 @@ class NextHopResolver:
         return any(h.neighbour == addr for h in self.hops.values()) or addr in self._targets
 
 
+def run_netlink(coro_factory: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``coro_factory(AsyncIPRoute)`` to completion on a selector event loop in a thread of
+    its own: callable from anywhere, also from inside a running (uv)loop."""
+    box: dict[str, Any] = {}
+
+    async def main() -> T:
+        ipr = AsyncIPRoute(groups=0)
+        try:
+            return await coro_factory(ipr)
+        finally:
+            ipr.close()
+
+    def run() -> None:
+        try:
+            with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+                box["result"] = runner.run(main())
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="fwd-netlink", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
 class NextHopThread:
     """A NextHopResolver on an event loop of its own, for synchronous callers.
 
@@ -367,7 +396,9 @@ class NextHopThread:
         self.log = log or logging.getLogger("fwd.nexthop")
         self.resolver = NextHopResolver(self.log, probe=probe)
         self._on_change = on_change
-        self._loop = asyncio.new_event_loop()
+        # pyroute2's asyncio core needs datagram endpoints on AF_NETLINK, which uvloop lacks:
+        # a plain selector loop whatever the process's policy (the daemon runs uvloop)
+        self._loop = asyncio.SelectorEventLoop()
         self._thread = threading.Thread(target=self._run, name="fwd-nexthop", daemon=True)
         self._watch: Future[None] | None = None
         self._thread.start()
