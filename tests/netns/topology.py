@@ -29,6 +29,7 @@ Run as a module inside a namespace for the few jobs that need a whole process th
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import json
 import os
@@ -449,6 +450,12 @@ class Topology:
 FWD = Path(os.environ.get("FWD_TEST_BIN") or REPO / ".venv" / "bin" / "fwd")  # override: another build
 
 
+@functools.cache
+def fwd_run_help() -> str:
+    p = subprocess.run([str(FWD), "run", "--help"], capture_output=True, text=True, timeout=60)
+    return p.stdout if p.returncode == 0 else ""
+
+
 class FwdRun:
     """`fwd run` as a child process inside a namespace, its output going to a log file."""
 
@@ -458,6 +465,9 @@ class FwdRun:
         for i in interfaces:
             self.argv += ["--interface", i]
         self.argv += ["--mode", mode, *extra]
+        if "--control-socket" in fwd_run_help():
+            # a path of its own: several runs (tests, developers) may go at once on one machine
+            self.argv += ["--control-socket", str(log.with_suffix(".sock"))]
         self._log = open(log, "wb")  # noqa: SIM115 (closed in stop())
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
