@@ -1,5 +1,6 @@
 """The ``fwd`` command line: check a config, run a capture through the C core, look up a flow,
-show a table's row ownership.
+show a table's row ownership, run the daemon (``fwd run``) and talk to it (``fwd status``,
+``fwd backend``, ``fwd reload``, ``fwd top``, ``fwd lookup`` without ``--config``; fwd.ctl).
 
 Every failure is one line on stderr, ``fwd: error: ...``, and a non-zero exit status: 2 for
 usage and configuration errors, 1 for runtime errors (unreadable capture, no match, C core not
@@ -78,7 +79,11 @@ examples:
   fwd lookup --config examples/glb-forwarding-table.json --json tcp 10.11.12.13:45678 10.10.10.10:80
   fwd table show --config examples/fwd.toml --table web
   fwd run --config examples/fwd.toml --interface eth0 --mode auto     (as root)
+  fwd status                      fwd backend drain --table web 198.51.100.12
+  fwd reload                      fwd top
 """
+
+CONTROL_HELP = "the daemon's control socket (default: $FWD_CONTROL_SOCKET, else /run/fwd/fwd.sock)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,9 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build one TCP SYN or UDP packet from SRC to DST, run it through the C packet core "
         "and print the decision as a JSON object: table, bind, row, flow_hash, primary, secondary, "
         "gue_sport, verdict. IPv6 endpoints are written [ADDR]:PORT. Exits 1 (after printing the "
-        "JSON) when no bind matches or the packet is not forwarded.",
+        "JSON) when no bind matches or the packet is not forwarded. With --config the tables are "
+        "built from that file; without it (or with --live) the running daemon answers with its live "
+        "tables (health verdicts and overrides included).",
     )
-    lk.add_argument("--config", required=True, metavar="CFG", help="config file (TOML or GLB JSON)")
+    lk.add_argument("--config", metavar="CFG", help="config file (TOML or GLB JSON): an offline lookup")
+    lk.add_argument(
+        "--live", action="store_true", help="ask the running daemon (the default without --config)"
+    )
+    lk.add_argument("--control-socket", metavar="PATH", help=CONTROL_HELP)
     lk.add_argument("--table", metavar="NAME", help="only consider the binds of this table")
     lk.add_argument("--json", action="store_true", help="print JSON (the default; accepted for scripts)")
     lk.add_argument("proto", metavar="PROTO", choices=("tcp", "udp"), help="tcp or udp")
@@ -226,7 +237,87 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument(
         "-v", "--verbose", action="store_true", help="also log debug details (next-hop resolution)"
     )
+    rn.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        help="control socket (overrides [daemon] control_socket; default /run/fwd/fwd.sock)",
+    )
+    rn.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="Prometheus metrics address (overrides [daemon] metrics_address; default "
+        "127.0.0.1:9641; '' = no metrics endpoint)",
+    )
+    rn.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text or JSON (overrides [daemon] log_format)",
+    )
+    rn.add_argument(
+        "--drain-wait",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, keep forwarding this long after the withdraw hooks (overrides [daemon] drain_wait)",
+    )
     rn.set_defaults(func=cmd_run)
+
+    st = sub.add_parser(
+        "status",
+        help="the running daemon: tables, VIPs, backends, health, rows, counters and rates",
+        description="Ask the running daemon (over its control socket; root only) for its state: per "
+        "table its VIPs (packets, bytes, rates) and backends (state, runtime override, health and why, "
+        "rows owned as primary and secondary, packets, bytes, rates), the data plane's generation, the "
+        "last reload. --json prints the daemon's answer as one JSON object.",
+    )
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.add_argument("--control-socket", metavar="PATH", help=CONTROL_HELP)
+    st.set_defaults(func=cmd_status)
+
+    be = sub.add_parser(
+        "backend",
+        help="runtime override of a backend's state: drain, fill, activate, deactivate, clear",
+        description="Set the state the running daemon's table uses for one backend, over the config's: "
+        "drain (draining: keeps its flows through second chance, takes no new ones), fill (filling), "
+        "activate (active), deactivate (inactive: not ranked, not checked), clear (back to the config's "
+        "state). The override persists across reloads until cleared, until the config says the same "
+        "state, or until the backend leaves the config; a daemon restart forgets it (docs/daemon.md).",
+    )
+    be.add_argument("action", choices=("drain", "fill", "activate", "deactivate", "clear"), help="what to do")
+    be.add_argument("--table", required=True, metavar="NAME", help="the backend's table")
+    be.add_argument("address", metavar="IP", help="the backend's address")
+    be.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    be.add_argument("--control-socket", metavar="PATH", help=CONTROL_HELP)
+    be.set_defaults(func=cmd_backend)
+
+    rl = sub.add_parser(
+        "reload",
+        help="make the running daemon re-read its config (like SIGHUP) and say what changed",
+        description="The daemon re-reads and validates its config file. A valid config is applied "
+        "without stopping traffic and the changes are printed; an invalid one is refused with the "
+        "reason (exit status 1) and the daemon keeps serving the previous one.",
+    )
+    rl.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    rl.add_argument("--control-socket", metavar="PATH", help=CONTROL_HELP)
+    rl.set_defaults(func=cmd_reload)
+
+    tp = sub.add_parser(
+        "top",
+        help="live view of packet and bit rates per VIP and backend",
+        description="A refreshing terminal view of the running daemon: rates per VIP and per backend, "
+        "states, health, rows. Ctrl-C leaves. Without a terminal it prints one view per refresh.",
+    )
+    tp.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="refresh period (default 1)"
+    )
+    tp.add_argument(
+        "--iterations", type=int, default=0, metavar="N", help="stop after N refreshes (default: never)"
+    )
+    tp.add_argument("--control-socket", metavar="PATH", help=CONTROL_HELP)
+    tp.set_defaults(func=cmd_top)
+
+    from fwd.redirect_cli import add_parser as add_redirect_parser  # fwd redirect attach|detach|stats
+
+    add_redirect_parser(sub)
     return p
 
 
@@ -562,6 +653,12 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     dst, dport = parse_endpoint(args.dst, "DST_IP:DST_PORT")
     if src.version != dst.version:
         raise CliError(f"source {src} and destination {dst} are of different IP versions", EXIT_USAGE)
+    if args.live and args.config:
+        raise CliError(
+            "lookup: give --config CFG (offline) or --live (the running daemon), not both", EXIT_USAGE
+        )
+    if args.config is None:
+        return _lookup_live(args, build_frame(args.proto, src, sport, dst, dport))
     cfg = _load(args.config)
     selected = _find_table(cfg, args.table)
     dataplane_cls, _ = _core()
@@ -610,16 +707,66 @@ def cmd_lookup(args: argparse.Namespace) -> int:
         "verdict": res.verdict,
         "reason": res.reason,
     }
+    return _lookup_exit(args, out)
+
+
+def _lookup_exit(args: argparse.Namespace, out: dict[str, Any]) -> int:
+    """Print a lookup's answer; its exit status (1 when the flow is not forwarded)."""
     _print_json(out)
     flow = f"{args.proto} {args.src} -> {args.dst}"
-    if res.verdict == "pass":
+    verdict = out["verdict"]
+    if verdict == "pass":
         scope = f"of table {args.table!r} " if args.table is not None else ""
         _err(f"no bind {scope}matches {flow}")
         return EXIT_RUNTIME
-    if res.verdict != "forward":
-        _err(f"{flow} is not forwarded: {res.verdict} {res.reason or ''}".rstrip())
+    if verdict != "forward":
+        _err(f"{flow} is not forwarded: {verdict} {out['reason'] or ''}".rstrip())
         return EXIT_RUNTIME
     return EXIT_OK
+
+
+def _lookup_live(args: argparse.Namespace, frame: bytes) -> int:
+    from fwd import ctl
+
+    return _lookup_exit(args, _ctl(lambda: ctl.lookup_live(args, frame)))
+
+
+def _ctl(call: Callable[[], Any]) -> Any:
+    """Run a control-socket call; its failures become one-line runtime errors."""
+    from fwd.api import ApiError
+
+    try:
+        return call()
+    except ApiError as e:
+        raise CliError(str(e), EXIT_RUNTIME) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fwd import ctl
+
+    return int(_ctl(lambda: ctl.cmd_status(args)))
+
+
+def cmd_backend(args: argparse.Namespace) -> int:
+    from fwd import ctl
+
+    return int(_ctl(lambda: ctl.cmd_backend(args)))
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from fwd import ctl
+
+    return int(_ctl(lambda: ctl.cmd_reload(args)))
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from fwd import ctl
+
+    if args.interval <= 0:
+        raise CliError("top: --interval must be > 0", EXIT_USAGE)
+    if args.iterations < 0:
+        raise CliError("top: --iterations must be >= 0", EXIT_USAGE)
+    return int(_ctl(lambda: ctl.cmd_top(args)))
 
 
 def cmd_table_show(args: argparse.Namespace) -> int:
@@ -713,73 +860,65 @@ def _stats_line(s: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
+    """The daemon (fwd.daemon) in the foreground: forwards, checks, answers, until SIGTERM/SIGINT."""
     if args.stats_interval < 0:
         raise CliError("run: --stats-interval must be >= 0", EXIT_USAGE)
+    if args.drain_wait is not None and not 0 <= args.drain_wait <= 3600:
+        raise CliError("run: --drain-wait must be 0..3600 seconds", EXIT_USAGE)
+    if args.metrics_address:
+        from fwd.config import parse_metrics_address
+
+        try:
+            parse_metrics_address(args.metrics_address)
+        except ValueError as e:
+            raise CliError(f"run: --metrics-address: {e}", EXIT_USAGE) from None
+    if args.control_socket is not None and not args.control_socket.startswith("/"):
+        raise CliError("run: --control-socket must be an absolute path", EXIT_USAGE)
     cfg = _load(args.config)
     tunnel = parse_tunnel_sources(args.tunnel_src)
     log = _run_logging(args.verbose)
     try:
-        from fwd.live import LiveDataplane, LiveError
+        from fwd.api import ApiError
+        from fwd.daemon import DaemonError, DaemonOptions, run_daemon
+        from fwd.live import LiveError
     except ImportError as e:
         raise CliError(f"the live data plane is not available ({e}); build it with 'make build'") from None
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    opts = DaemonOptions(
+        config_path=args.config,
+        interfaces=list(args.interface),
+        mode=args.mode,
+        xsk_mode=args.xsk_mode,
+        busy_poll=args.busy_poll,
+        tunnel_src=list(tunnel.values()),
+        control_socket=args.control_socket,
+        metrics_address=args.metrics_address,
+        log_format=args.log_format,
+        drain_wait=args.drain_wait,
+        stats_interval=args.stats_interval,
+        verbose=args.verbose,
+    )
+    started: list[Any] = []
     try:
-        try:
-            live = LiveDataplane(
-                cfg,
-                args.interface,
-                args.mode,
-                xsk_mode=args.xsk_mode,
-                busy_poll=args.busy_poll,
-                tunnel_src=list(tunnel.values()),
-                log=log,
-            )
-            live.start()
-        except LiveError as e:
-            raise CliError(str(e), EXIT_RUNTIME) from None
-        try:
-            nworkers = len(live.workers)
-            log.info(
-                "running: mode %s, %d worker%s on %s, %s; config %s (%s)",
-                live.mode_used,
-                nworkers,
-                "" if nworkers == 1 else "s",
-                ", ".join(args.interface),
-                f"{len(live.binds)} bind{'' if len(live.binds) == 1 else 's'}",
-                cfg.path,
-                cfg.format,
-            )
-            for hop in live.hops.values():
-                log.info("next hop %s", hop.describe())
-            interval = args.stats_interval or None
-            while not stop.wait(interval):
-                print(_stats_line(live.summary()), flush=True)
-        finally:
-            try:
-                live.stop()
-            except LiveError as e:
-                raise CliError(f"stopping: {e}") from None
-            finally:
-                summary = live.summary()
-                print(_stats_line(summary), flush=True)
-                print(
-                    "final counters: " + json.dumps({"counters": summary}, separators=(",", ":")), flush=True
-                )
-        log.info("stopped; everything fwd installed was removed")
-        return EXIT_OK
+        run_daemon(
+            opts,
+            cfg,
+            logging.getLogger("fwd.daemon"),
+            on_stats=lambda s: print(_stats_line(s), flush=True),
+            on_started=started.append,
+        )
+    except LiveError as e:
+        raise CliError(str(e), EXIT_RUNTIME) from None
+    except (ApiError, DaemonError) as e:
+        raise CliError(str(e), EXIT_RUNTIME) from None
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        live = started[0].live if started else None
+        if live is not None and live.mode_used is not None:
+            summary = live.summary()
+            print(_stats_line(summary), flush=True)
+            print("final counters: " + json.dumps({"counters": summary}, separators=(",", ":")), flush=True)
+    log.info("stopped; everything fwd installed was removed")
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,9 +24,14 @@ from datetime import date, datetime, time
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:  # healthcheck.config imports this module: import it lazily at run time
+    from healthcheck.config import CheckSpec, Timing
 
 __all__ = [
+    "DEFAULT_CONTROL_SOCKET",
+    "DEFAULT_METRICS_ADDRESS",
     "HASH_FIELDS",
     "MAX_BACKENDS",
     "MAX_BINDS",
@@ -39,8 +44,11 @@ __all__ = [
     "Bind",
     "Config",
     "ConfigError",
+    "Daemon",
+    "LOG_FORMATS",
     "Node",
     "describe_bind",
+    "parse_metrics_address",
     "Table",
     "load_config",
     "parse_config",
@@ -60,6 +68,12 @@ HASH_FIELDS = ("src_addr", "dst_addr", "src_port", "dst_port")
 DEFAULT_HASH_FIELDS = ("src_addr",)
 # Keys of a GLB backend's "healthchecks" object (glb-healthcheck's GLBHealthcheckConfig).
 GLB_HEALTHCHECK_KEYS = {"http": int, "http_uri": str, "gue": int, "fou": int}
+# [daemon]
+DEFAULT_CONTROL_SOCKET = "/run/fwd/fwd.sock"
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9641"
+LOG_FORMATS = ("text", "json")
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
+DRAIN_WAIT_MAX = 3600.0
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -80,13 +94,18 @@ class Backend:
     """One backend (L7 node). Its index in ``Table.backends`` is its identity in the table.
 
     ``healthchecks`` is GLB's per-backend health check definition, kept as read-only data for
-    the health checker; it takes no part in equality or hashing.
+    the health checker. ``checks`` and ``timing`` are what the daemon's health checker runs for
+    this backend (healthcheck.config CheckSpec / Timing, resolved at load time: the backend's own
+    ``checks`` / ``healthcheck``, else its table's, else the ``[daemon]`` defaults; GLB's
+    ``healthchecks`` in GLB JSON). None of the three takes part in equality or hashing.
     """
 
     address: IPAddress
     state: str = "active"
     healthy: bool = True
     healthchecks: Mapping[str, int | str] | None = field(default=None, compare=False, repr=False)
+    checks: tuple[CheckSpec, ...] = field(default=(), compare=False, repr=False)
+    timing: Timing | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -118,12 +137,24 @@ class Node:
     forward_icmp_echo: bool = False
 
 
+@dataclass(frozen=True)
+class Daemon:
+    """The ``[daemon]`` section: settings of the long-running ``fwd run`` (docs/daemon.md)."""
+
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+    metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" = no metrics endpoint
+    drain_wait: float = 0.0
+    log_format: str = "text"
+    healthcheck: Timing | None = None  # check timing defaults (None: healthcheck's DEFAULT_TIMING)
+
+
 @dataclass
 class Config:
     path: str
     format: str  # 'toml' | 'glb-json'
     node: Node
     tables: list[Table]
+    daemon: Daemon = field(default_factory=Daemon)
 
     def all_binds(self) -> list[tuple[int, Bind]]:
         """Binds in global order (table 0's first) as (table index, bind)."""
@@ -230,6 +261,7 @@ class _Loader:
         self.file = file
         self.fmt = fmt
         self.json = fmt == "glb-json"
+        self.timing_default: Timing | None = None
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -332,9 +364,12 @@ class _Loader:
         if self.json:
             self.keys(top, "", ("tables",), ("tables",))
             node = Node()
+            daemon = Daemon()
         else:
-            self.keys(top, "", ("node", "tables"), ("tables",))
+            self.keys(top, "", ("node", "daemon", "tables"), ("tables",))
             node = self.node(top.get("node", {}), "node")
+            daemon = self.daemon(top.get("daemon", {}), "daemon")
+        self.timing_default = daemon.healthcheck
         raw_tables = self.array(top["tables"], "tables")
         if not raw_tables:
             self.fail("tables", "at least one table is required")
@@ -353,7 +388,7 @@ class _Loader:
             tables.append(table)
         self.check_binds(tables)
         self.warn_missing_health(raw_tables, tables)
-        return Config(path=self.file, format=self.fmt, node=node, tables=tables)
+        return Config(path=self.file, format=self.fmt, node=node, tables=tables, daemon=daemon)
 
     def node(self, value: object, path: str) -> Node:
         obj = self.mapping(value, path)
@@ -389,7 +424,17 @@ class _Loader:
             allowed: tuple[str, ...] = ("name", "hash_key", "seed", "binds", "backends")
             required: tuple[str, ...] = ("hash_key", "seed", "binds", "backends")
         else:
-            allowed = ("name", "hash_key", "seed", "glb_compat", "hash_fields", "binds", "backends")
+            allowed = (
+                "name",
+                "hash_key",
+                "seed",
+                "glb_compat",
+                "hash_fields",
+                "healthcheck",
+                "checks",
+                "binds",
+                "backends",
+            )
             required = ("name", "hash_key", "seed", "binds", "backends")
         self.keys(obj, path, allowed, required)
         if "name" in obj:
@@ -416,6 +461,13 @@ class _Loader:
             self.fail(p, "at least one bind is required")
         binds = [self.bind(b, f"{p}[{i}]", default_fields) for i, b in enumerate(raw_binds)]
 
+        table_timing = self.timing_default
+        if "healthcheck" in obj:
+            table_timing = self.timing(obj["healthcheck"], _join(path, "healthcheck"), table_timing)
+        table_checks: tuple[CheckSpec, ...] | None = None
+        if "checks" in obj:
+            table_checks = self.checks(obj["checks"], _join(path, "checks"))
+
         p = _join(path, "backends")
         raw_backends = self.array(obj["backends"], p)
         if not raw_backends:
@@ -426,7 +478,7 @@ class _Loader:
         seen: dict[IPAddress, int] = {}
         for i, b in enumerate(raw_backends):
             bp = f"{p}[{i}]"
-            backend = self.backend(b, bp)
+            backend = self.backend(b, bp, table_timing, table_checks)
             if backend.address in seen:
                 other = seen[backend.address]
                 self.fail(_join(bp, "ip"), f"duplicate backend address {backend.address} (also {p}[{other}])")
@@ -497,12 +549,14 @@ class _Loader:
             self.fail(path, f"{json.dumps(s)} has host bits set (did you mean {net}?)")
         return net
 
-    def backend(self, value: object, path: str) -> Backend:
+    def backend(
+        self, value: object, path: str, timing: Timing | None, table_checks: tuple[CheckSpec, ...] | None
+    ) -> Backend:
         obj = self.mapping(value, path)
         if self.json:
             self.keys(obj, path, ("ip", "state", "healthy", "healthchecks"), ("ip", "state"))
         else:
-            self.keys(obj, path, ("ip", "state", "healthy"), ("ip",))
+            self.keys(obj, path, ("ip", "state", "healthy", "healthcheck", "checks"), ("ip",))
         p = _join(path, "ip")
         addr = self.address(obj["ip"], p)
         if addr.is_unspecified or addr.is_multicast:
@@ -510,10 +564,20 @@ class _Loader:
         state = self.choice(obj.get("state", "active"), _join(path, "state"), STATES, "state")
         # GLB's build-config reads a missing "healthy" as false; fwd's TOML defaults to true.
         healthy = self.boolean(obj.get("healthy", not self.json), _join(path, "healthy"))
-        checks = None
+        glb_checks = None
+        specs: tuple[CheckSpec, ...] = table_checks or ()
         if self.json and obj.get("healthchecks") is not None:
-            checks = self.healthchecks(obj["healthchecks"], _join(path, "healthchecks"))
-        return Backend(address=addr, state=state, healthy=healthy, healthchecks=checks)
+            glb_checks = self.healthchecks(obj["healthchecks"], _join(path, "healthchecks"))
+            from healthcheck.config import checks_from_glb
+
+            specs = checks_from_glb(glb_checks)
+        if "checks" in obj:
+            specs = self.checks(obj["checks"], _join(path, "checks"))
+        if "healthcheck" in obj:
+            timing = self.timing(obj["healthcheck"], _join(path, "healthcheck"), timing)
+        return Backend(
+            address=addr, state=state, healthy=healthy, healthchecks=glb_checks, checks=specs, timing=timing
+        )
 
     def healthchecks(self, value: object, path: str) -> Mapping[str, int | str]:
         obj = self.mapping(value, path)
@@ -526,6 +590,77 @@ class _Loader:
             else:
                 out[k] = self.string(v, p)
         return MappingProxyType(out)
+
+    def number(self, value: object, path: str, lo: float, hi: float, what: str = "value") -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(path, f"expected a number, got {self.kind(value)}")
+        if not lo <= value <= hi:
+            self.fail(path, f"{what} {value} out of range {lo:g}..{hi:g}")
+        return float(value)
+
+    def daemon(self, value: object, path: str) -> Daemon:
+        obj = self.mapping(value, path)
+        self.keys(obj, path, ("control_socket", "metrics_address", "drain_wait", "log_format", "healthcheck"))
+        kw: dict[str, Any] = {}
+        if "control_socket" in obj:
+            p = _join(path, "control_socket")
+            sock = self.string(obj["control_socket"], p)
+            if not sock.startswith("/"):
+                self.fail(p, f"{json.dumps(sock)} is not an absolute path")
+            if len(sock.encode()) > SUN_PATH_MAX:
+                self.fail(p, f"path longer than {SUN_PATH_MAX} bytes (a Unix socket address cannot hold it)")
+            if "\0" in sock or not sock.isprintable():
+                self.fail(p, "must not contain control characters")
+            kw["control_socket"] = sock
+        if "metrics_address" in obj:
+            p = _join(path, "metrics_address")
+            text = self.string(obj["metrics_address"], p)
+            if text:
+                try:
+                    parse_metrics_address(text)
+                except ValueError as e:
+                    self.fail(p, str(e))
+            kw["metrics_address"] = text
+        if "drain_wait" in obj:
+            kw["drain_wait"] = self.number(
+                obj["drain_wait"], _join(path, "drain_wait"), 0, DRAIN_WAIT_MAX, "seconds"
+            )
+        if "log_format" in obj:
+            kw["log_format"] = self.choice(
+                obj["log_format"], _join(path, "log_format"), LOG_FORMATS, "log format"
+            )
+        if "healthcheck" in obj:
+            kw["healthcheck"] = self.timing(obj["healthcheck"], _join(path, "healthcheck"), None)
+        return Daemon(**kw)
+
+    def timing(self, value: object, path: str, base: Timing | None) -> Timing:
+        """A healthcheck timing table (interval, timeout, rise, fall, jitter) over ``base``."""
+        from healthcheck.config import DEFAULT_TIMING, parse_timing
+
+        self.mapping(value, path)
+        t = parse_timing(value, self.file, path, base if base is not None else DEFAULT_TIMING)
+        if t.timeout > t.interval:
+            self.fail(
+                _join(path, "timeout"),
+                f"timeout {t.timeout:g}s exceeds interval {t.interval:g}s (a check must end before "
+                "the next one starts)",
+            )
+        return t
+
+    def checks(self, value: object, path: str) -> tuple[CheckSpec, ...]:
+        """An array of checks ({type = "http", port = 80, uri = "/"}, ...); [] = not checked."""
+        from healthcheck.config import parse_check
+
+        items = self.array(value, path)
+        out: list[CheckSpec] = []
+        for i, item in enumerate(items):
+            p = f"{path}[{i}]"
+            self.mapping(item, p)
+            spec = parse_check(item, self.file, p)
+            if spec in out:
+                self.fail(p, f"the same check as {path}[{out.index(spec)}]")
+            out.append(spec)
+        return tuple(out)
 
     # -- whole-config checks ---------------------------------------------------------------
 
@@ -567,6 +702,27 @@ class _Loader:
                     "" if len(missing) == 1 else "s",
                     ", ".join(missing),
                 )
+
+
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9641' / '[::1]:9641' -> (host, port); ValueError with the reason."""
+    if text.startswith("["):
+        host, sep, port_s = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{json.dumps(text)}: write an IPv6 address as [ADDRESS]:PORT")
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{json.dumps(text)}: missing :PORT (e.g. 127.0.0.1:9641)")
+        if ":" in host:
+            raise ValueError(f"{json.dumps(text)}: write an IPv6 address as [ADDRESS]:PORT")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{json.dumps(text)}: {json.dumps(host)} is not an IP address") from None
+    if not (port_s.isascii() and port_s.isdigit()) or not 1 <= int(port_s) <= 65535:
+        raise ValueError(f"{json.dumps(text)}: bad port {json.dumps(port_s)} (want 1..65535)")
+    return str(addr), int(port_s)
 
 
 def describe_bind(b: Bind) -> str:
