@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fwd.redirect_cli import add_parser as add_redirect_parser  # fwd redirect attach|detach|stats
 
     add_redirect_parser(sub)
+
+    from fwd.redirect_cli import add_parser as add_redirect_parser  # fwd redirect attach|detach|stats
+
+    add_redirect_parser(sub)
     return p
 
 

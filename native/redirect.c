@@ -301,11 +301,29 @@ static int pin_all(struct fwd_redirect *r, const char *pin_dir, char *err, size_
 
 /* ---- tc ------------------------------------------------------------------------------------ */
 
+/*
+ * libbpf prints the kernel's extack text for expected failures (no qdisc yet,
+ * qdisc exists, no such filter) to stderr; errors are reported through err,
+ * so the tc calls run with libbpf's printing off.
+ */
+static libbpf_print_fn_t quiet(void)
+{
+	return libbpf_set_print(NULL);
+}
+
+static void loud(libbpf_print_fn_t old)
+{
+	libbpf_set_print(old);
+}
+
 static int tc_query(int ifindex, uint32_t *prog_id)
 {
 	DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
 	DECLARE_LIBBPF_OPTS(bpf_tc_opts, q, .handle = REDIRECT_TC_HANDLE, .priority = REDIRECT_TC_PRIORITY);
+	libbpf_print_fn_t old = quiet();
 	int rc = bpf_tc_query(&hook, &q);
+
+	loud(old);
 
 	*prog_id = 0;
 	if (rc == -ENOENT || rc == -EINVAL)   /* no filter, or no clsact qdisc at all */
@@ -461,8 +479,12 @@ int fwd_redirect_attach(struct fwd_redirect *r, int ifindex, const char *pin_dir
 	uint32_t old_id = 0, zero = 0;
 	int created, rc;
 
+	libbpf_print_fn_t old_print;
+
 	memset(state, 0, sizeof(*state));
+	old_print = quiet();
 	rc = bpf_tc_hook_create(&hook);
+	loud(old_print);
 	if (rc && rc != -EEXIST)
 		return errf(err, errlen, "cannot create the clsact qdisc: %s", strerror(-rc));
 	created = rc == 0;
@@ -494,7 +516,9 @@ int fwd_redirect_attach(struct fwd_redirect *r, int ifindex, const char *pin_dir
 		goto undo_hook;
 	}
 	opts.prog_fd = r->fd[0];
+	old_print = quiet();
 	rc = bpf_tc_attach(&hook, &opts);
+	loud(old_print);
 	if (rc) {
 		errf(err, errlen, "cannot attach the tc filter: %s", strerror(-rc));
 		goto undo_hook;
@@ -504,7 +528,9 @@ int fwd_redirect_attach(struct fwd_redirect *r, int ifindex, const char *pin_dir
 				    .priority = REDIRECT_TC_PRIORITY);
 		size_t n = strlen(err);
 
+		old_print = quiet();
 		bpf_tc_detach(&hook, &d);
+		loud(old_print);
 		unpin(pin_dir);
 		if (n + 40 < errlen)
 			snprintf(err + n, errlen - n, "; fwd-redirect is not attached");
@@ -519,7 +545,9 @@ int fwd_redirect_attach(struct fwd_redirect *r, int ifindex, const char *pin_dir
 undo_hook:
 	if (created && !old_id) {
 		hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS;
+		old_print = quiet();
 		bpf_tc_hook_destroy(&hook);
+		loud(old_print);
 	}
 	return -1;
 }
@@ -528,6 +556,7 @@ int fwd_redirect_detach(int ifindex, const char *pin_dir, char *err, size_t errl
 {
 	DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
 	DECLARE_LIBBPF_OPTS(bpf_tc_opts, d, .handle = REDIRECT_TC_HANDLE, .priority = REDIRECT_TC_PRIORITY);
+	libbpf_print_fn_t old;
 	uint32_t id;
 	int rc;
 
@@ -537,7 +566,9 @@ int fwd_redirect_detach(int ifindex, const char *pin_dir, char *err, size_t errl
 		unpin(pin_dir);
 	if (!id)
 		return 1;
+	old = quiet();
 	rc = bpf_tc_detach(&hook, &d);
+	loud(old);
 	if (rc)
 		return errf(err, errlen, "cannot remove the tc filter: %s", strerror(-rc));
 	return 0;

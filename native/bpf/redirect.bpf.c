@@ -333,7 +333,8 @@ static __always_inline int classify6(struct __sk_buff *skb, const struct gue *g,
 
 /* ---- forwarding ----------------------------------------------------------------------- */
 
-/* UDP checksum of the datagram at udp (len bytes) over IPv6, pseudo-header from the packet. */
+/* UDP checksum of the datagram at udp (len bytes, checksum field zeroed) over IPv6, the
+ * pseudo-header's addresses read from the packet. */
 static __always_inline int udp6_csum(struct __sk_buff *skb, __u32 udp, __u32 len, __u16 *out)
 {
 	__u32 zero = 0;
@@ -522,9 +523,10 @@ static __always_inline int forward(struct __sk_buff *skb, struct gue *g)
 	if (rc)
 		return drop(rc);
 	if (hf == 6) {
-		__u16 csum;
+		__u16 csum = 0;
 
-		if (udp6_csum(skb, g->udp, g->udp_len, &csum) ||
+		if (bpf_skb_store_bytes(skb, g->udp + 6, &csum, 2, 0) ||
+		    udp6_csum(skb, g->udp, g->udp_len, &csum) ||
 		    bpf_skb_store_bytes(skb, g->udp + 6, &csum, 2, 0))
 			return drop(RC_DROP_ERROR);
 	}
