@@ -188,6 +188,8 @@ struct fwd_steer *fwd_steer_attach(const char *obj_path, const char *ifname, uin
 	if (check_attached(st, stale, err, errlen))
 		goto fail;
 	for (uint32_t i = 0; i < ntry; i++) {
+		int slot = try[i] == XDP_FLAGS_DRV_MODE ? 1 : 0;   /* index into stale[] */
+
 		/* Native and generic XDP cannot coexist: a stale one in another mode goes first. */
 		for (int k = 0; k < 3; k++)
 			if (stale[k] && flags[k] != try[i]) {
@@ -201,10 +203,10 @@ struct fwd_steer *fwd_steer_attach(const char *obj_path, const char *ifname, uin
 					close(fd);
 				stale[k] = 0;
 			}
-		rc = attach_mode(st, try[i], stale[try[i] == XDP_FLAGS_DRV_MODE ? 1 : 0]);
+		rc = attach_mode(st, try[i], stale[slot]);
 		if (!rc) {
-			if (stale[try[i] == XDP_FLAGS_DRV_MODE ? 1 : 0])
-				st->stale_id = stale[try[i] == XDP_FLAGS_DRV_MODE ? 1 : 0];
+			if (stale[slot])
+				st->stale_id = stale[slot];
 			st->attach_flags = try[i];
 			return st;
 		}
