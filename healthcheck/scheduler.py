@@ -29,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
-from healthcheck.checks import Checker, CheckResult
+from healthcheck.checks import DEFAULT_TICK, Checker, CheckResult
 from healthcheck.config import CheckSpec, Target, Timing
 
 __all__ = [
@@ -151,6 +152,20 @@ class _TargetState:
     reason: str | None = None
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    fut: asyncio.Future[None] = loop.create_future()
+    timer = loop.call_at(when, _wake, fut)
+    try:
+        await fut
+    finally:
+        timer.cancel()
+
+
 class HealthChecker:
     """Health checks of many targets on the running event loop.
 
@@ -167,11 +182,13 @@ class HealthChecker:
         on_result: Callable[[ProbeState, CheckResult], None] | None = None,
         checker: Checker | None = None,
         rng: random.Random | None = None,
+        tick: float = DEFAULT_TICK,
     ) -> None:
         self.on_change = on_change
         self.on_result = on_result
-        self.checker = checker or Checker()
+        self.checker = checker or Checker(tick)
         self._rng = rng or random.Random()
+        self.tick = tick
         self._targets: dict[Hashable, _TargetState] = {}
         self._probes: dict[ProbeKey, ProbeState] = {}
         self._queues: list[asyncio.Queue[Verdict | None]] = []
@@ -236,9 +253,12 @@ class HealthChecker:
         timing = p.timing
         lo, hi = timing.interval * (1 - timing.jitter), timing.interval * (1 + timing.jitter)
         uniform = self._rng.uniform
-        if delay > 0:
-            await asyncio.sleep(delay)
+        tick = self.tick
+        start = loop.time() + delay
         while True:
+            # start times on a grid of `tick` seconds: the loop wakes once per tick for all the
+            # checks due then, not once per check (each wake-up is a system call or two)
+            await _sleep_until(loop, math.ceil(start / tick) * tick)
             start = loop.time()
             try:
                 result = await self.checker.run(p.spec, p.address, timing.timeout)
@@ -248,8 +268,7 @@ class HealthChecker:
                 log.exception("health check %s crashed", p.name)
                 result = CheckResult(False, loop.time() - start, f"internal error: {type(e).__name__}: {e}")
             self._record(p, result)
-            wait = start + uniform(lo, hi) - loop.time()
-            await asyncio.sleep(wait if wait > 0 else 0)
+            start += uniform(lo, hi)
 
     def _record(self, p: ProbeState, r: CheckResult) -> None:
         p.stats.add(r)
