@@ -66,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import heapq
+import logging
 import math
 import os
 import select
@@ -80,9 +81,11 @@ from ipaddress import IPv4Address, IPv6Address
 
 from healthcheck.config import CheckSpec
 
-__all__ = ["DEFAULT_TICK", "CheckResult", "Checker", "build_tunnel_probe"]
+__all__ = ["DEFAULT_TICK", "CheckResult", "Checker", "Ticker", "build_tunnel_probe"]
 
 IPAddress = IPv4Address | IPv6Address
+
+log = logging.getLogger("fwd.healthcheck")
 
 # Checks start, and their sockets are harvested, on a grid of this many seconds.
 DEFAULT_TICK = 0.01
@@ -172,40 +175,121 @@ def _reset_close(sock: socket.socket) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# readiness, harvested once per tick
+# the tick: one loop timer for everything due on the grid
 
 
-class _Poller:
-    """The checks' sockets in one private epoll set, read once per tick by a loop timer.
+class Ticker:
+    """Runs callbacks on a grid of ``tick`` seconds with a single loop timer.
 
-    ``wait(fd, write, deadline)`` -> a future resolved at the first tick at which fd is ready,
-    or failed with TimeoutError at the first tick past ``deadline`` (loop time); ``watch(fd,
-    callback)`` calls back at every tick at which fd is readable (shared sockets); ``expire(fut,
-    deadline)`` only times a future out. The timer runs only while something waits.
+    ``at(when, cb)`` runs cb at the first grid point >= when (and after the current one);
+    everything due at a grid point runs in the same loop iteration — one wake-up. Shared by a
+    :class:`Checker` (harvesting sockets) and the scheduler (starting checks).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
         self.loop = loop
         self.tick = tick
+        self.slots: dict[int, list[Callable[[], None]]] = {}
+        self.heap: list[int] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_k = -1
+        self.firing = False
+
+    def at(self, when: float, cb: Callable[[], None]) -> None:
+        tick = self.tick
+        k = max(math.ceil(when / tick - 1e-6), math.floor(self.loop.time() / tick) + 1)
+        lst = self.slots.get(k)
+        if lst is None:
+            self.slots[k] = [cb]
+            heapq.heappush(self.heap, k)
+            if not self.firing and (self.timer is None or k < self.timer_k):
+                self._arm(k)
+        else:
+            lst.append(cb)
+
+    def next(self, cb: Callable[[], None]) -> None:
+        self.at(0.0, cb)
+
+    def _arm(self, k: int) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_k = k
+        self.timer = self.loop.call_at(k * self.tick, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        limit = (self.loop.time() + self.tick / 2) / self.tick
+        heap, slots = self.heap, self.slots
+        self.firing = True  # callbacks book later slots; the timer is armed once, below
+        try:
+            while heap and heap[0] <= limit:
+                for cb in slots.pop(heapq.heappop(heap)):
+                    try:
+                        cb()
+                    except Exception:
+                        log.exception("health check tick callback failed")
+        finally:
+            self.firing = False
+        if heap:
+            self._arm(heap[0])
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.slots.clear()
+        self.heap.clear()
+
+
+class _Wait:
+    """One pending wait: ``cb(None)`` when ready, ``cb(TimeoutError())`` at the deadline, or
+    ``cb(error)`` from whoever else finishes it; exactly once."""
+
+    __slots__ = ("fd", "cb", "done")
+
+    def __init__(self, fd: int, cb: Callable[[BaseException | None], None]) -> None:
+        self.fd = fd
+        self.cb = cb
+        self.done = False
+
+    def finish(self, err: BaseException | None) -> None:
+        if not self.done:
+            self.done = True
+            self.cb(err)
+
+
+class _Poller:
+    """The checks' sockets in one private epoll set, harvested once per tick.
+
+    ``wait(fd, write, deadline, cb)`` -> a :class:`_Wait` finished at the first tick at which
+    fd is ready, or with TimeoutError at the first tick past ``deadline`` (loop time);
+    ``expire(w, deadline)`` only times a wait out; ``watch(fd, cb)`` calls cb at every tick at
+    which fd is readable (shared sockets). Ticks are requested only while something waits.
+    """
+
+    def __init__(self, ticker: Ticker) -> None:
+        self.ticker = ticker
+        self.loop = ticker.loop
         self.ep = select.epoll()
-        self.waiting: dict[int, asyncio.Future[None]] = {}
+        self.waiting: dict[int, _Wait] = {}
         self.registered: set[int] = set()
         self.watched: dict[int, Callable[[], None]] = {}
-        self.deadlines: list[tuple[float, int, asyncio.Future[None]]] = []
+        self.deadlines: list[tuple[float, int, _Wait]] = []
         self.seq = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.scheduled = False
 
-    def wait(self, fd: int, write: bool, deadline: float) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = self.loop.create_future()
+    def wait(
+        self, fd: int, write: bool, deadline: float, cb: Callable[[BaseException | None], None]
+    ) -> _Wait:
         events = (_EPOLLOUT if write else _EPOLLIN) | _EPOLLONESHOT
         if fd in self.registered:
             self.ep.modify(fd, events)
         else:
             self.ep.register(fd, events)
             self.registered.add(fd)
-        self.waiting[fd] = fut
-        self.expire(fut, deadline)
-        return fut
+        w = self.waiting[fd] = _Wait(fd, cb)
+        self.expire(w, deadline)
+        return w
 
     def forget(self, fd: int) -> None:
         """fd is about to be closed (closing removes it from the epoll set)."""
@@ -223,22 +307,21 @@ class _Poller:
             except OSError:
                 pass
 
-    def expire(self, fut: asyncio.Future[None], deadline: float) -> None:
+    def expire(self, w: _Wait, deadline: float) -> None:
         self.seq += 1
-        heapq.heappush(self.deadlines, (deadline, self.seq, fut))
-        if self.timer is None:
-            when = (math.floor(self.loop.time() / self.tick) + 1) * self.tick
-            self.timer = self.loop.call_at(when, self._on_tick)
+        heapq.heappush(self.deadlines, (deadline, self.seq, w))
+        if not self.scheduled:
+            self.scheduled = True
+            self.ticker.next(self._on_tick)
 
     def _on_tick(self) -> None:
-        self.timer = None
+        self.scheduled = False
         while True:
             ready = self.ep.poll(0, 1024)
             for fd, _ in ready:
-                fut = self.waiting.pop(fd, None)
-                if fut is not None:
-                    if not fut.done():
-                        fut.set_result(None)
+                w = self.waiting.pop(fd, None)
+                if w is not None:
+                    w.finish(None)
                     continue
                 cb = self.watched.get(fd)
                 if cb is not None:
@@ -247,46 +330,24 @@ class _Poller:
                 break
         now = self.loop.time()
         dl = self.deadlines
-        while dl and (dl[0][0] <= now or dl[0][2].done()):
-            fut = heapq.heappop(dl)[2]
-            if not fut.done():
-                fut.set_exception(TimeoutError())
-        if dl:
-            self.timer = self.loop.call_at((math.floor(now / self.tick) + 1) * self.tick, self._on_tick)
+        while dl and (dl[0][0] <= now or dl[0][2].done):
+            w = heapq.heappop(dl)[2]
+            if not w.done:
+                if self.waiting.get(w.fd) is w:
+                    del self.waiting[w.fd]
+                w.finish(TimeoutError())
+        if dl and not self.scheduled:
+            self.scheduled = True
+            self.ticker.next(self._on_tick)
 
     def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        for _, _, fut in self.deadlines:
-            if not fut.done():
-                fut.cancel()
         self.deadlines.clear()
+        self.waiting.clear()
         self.ep.close()
 
 
 # --------------------------------------------------------------------------------------------
 # TCP and HTTP
-
-
-async def _connect(poller: _Poller, spec: CheckSpec, address: IPAddress, deadline: float) -> socket.socket:
-    """A connected non-blocking TCP socket to address:spec.port (closed again on failure)."""
-    family, host = _target(address)
-    sock = socket.socket(family, socket.SOCK_STREAM | _SOCK_NONBLOCK)
-    try:
-        if spec.source is not None:
-            sock.bind((str(spec.source), 0))
-        err = sock.connect_ex((host, spec.port))
-        if err == errno.EINPROGRESS:
-            await poller.wait(sock.fileno(), True, deadline)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, os.strerror(err))
-    except BaseException:
-        poller.forget(sock.fileno())
-        _reset_close(sock)
-        raise
-    return sock
 
 
 def _handshake_rtt(sock: socket.socket) -> float | None:
@@ -422,15 +483,6 @@ def _icmp6_of(packet: bytes) -> bytes:
     return packet
 
 
-class _Pending:
-    __slots__ = ("host", "fut", "arrived")
-
-    def __init__(self, host: str, fut: asyncio.Future[None]) -> None:
-        self.host = host
-        self.fut = fut
-        self.arrived: float | None = None
-
-
 class _TunnelProber:
     """Sends tunnel probes and matches the echo replies that come back (one per Checker)."""
 
@@ -445,9 +497,9 @@ class _TunnelProber:
         self.ident_bytes = struct.pack("!H", self.ident)
         self.nonce = os.urandom(4)
         self.counter = 0
-        self.pending: dict[bytes, _Pending] = {}
-        # (backend address text, port) -> probes in flight, for the ICMP errors of the outer UDP
-        self.by_dest: dict[tuple[str, int], set[asyncio.Future[None]]] = {}
+        # token -> (backend address text, wait); (address text, port) -> waits, for ICMP errors
+        self.pending: dict[bytes, tuple[str, _Wait]] = {}
+        self.by_dest: dict[tuple[str, int], set[_Wait]] = {}
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -518,12 +570,11 @@ class _TunnelProber:
             if len(icmp) < 8 + len(_TOKEN_MAGIC) or icmp[4:6] != self.ident_bytes:
                 continue
             entry = self.pending.get(bytes(icmp[8:]))
-            if entry is None or entry.fut.done():
+            if entry is None or entry[1].done:
                 continue  # not ours, a duplicate, or too late
-            if addr[0].split("%", 1)[0] != entry.host:
+            if addr[0].split("%", 1)[0] != entry[0]:
                 continue
-            entry.arrived = _timestamp(anc)
-            entry.fut.set_result(None)
+            entry[1].finish(_Arrived(_timestamp(anc)))
 
     def _on_error(self, s: socket.socket) -> None:
         while True:
@@ -537,15 +588,14 @@ class _TunnelProber:
                     (err,) = struct.unpack_from("=I", data)
             if not err or not addr:
                 continue
-            for fut in self.by_dest.get((addr[0].split("%", 1)[0], addr[1]), ()):
-                if not fut.done():
-                    fut.set_exception(OSError(err, os.strerror(err)))
+            for w in tuple(self.by_dest.get((addr[0].split("%", 1)[0], addr[1]), ())):
+                w.finish(OSError(err, os.strerror(err)))
 
     # -- a probe ---------------------------------------------------------------------------
 
-    async def probe(self, spec: CheckSpec, address: IPAddress, deadline: float) -> tuple[str, float | None]:
-        """Send one probe and wait for its answer until deadline (loop time).
-        Returns (detail text, latency from the kernel's timestamps or None)."""
+    def start(self, spec: CheckSpec, address: IPAddress, deadline: float, finish: _Finish) -> None:
+        """Send one probe; ``finish`` gets the result when the answer, an ICMP error or the
+        deadline (loop time) comes."""
         family, host = _target(address)
         self._rx_socket(family)
         tx = self._tx_socket(family, spec.source)
@@ -553,34 +603,40 @@ class _TunnelProber:
         self.counter += 1
         token = _TOKEN_MAGIC + self.nonce + self.counter.to_bytes(8, "big")
         payload = build_tunnel_probe(spec.kind, src, address, self.ident, self.counter & 0xFFFF, token)
-        fut: asyncio.Future[None] = self.loop.create_future()
         dest = (host, spec.port)
-        entry = self.pending[token] = _Pending(host, fut)
-        waiting = self.by_dest.setdefault(dest, set())
-        waiting.add(fut)
-        self.poller.expire(fut, deadline)
-        try:
-            for attempt in (0, 1):
-                try:
-                    sent = time.time()
-                    tx.sendto(payload, dest)
-                    break
-                except OSError as e:
-                    # an ICMP error of an earlier probe (any destination) fails the next send
-                    # once; its report is on the error queue, so send again
-                    if attempt or e.errno not in _ASYNC_SEND_ERRORS:
-                        raise
-            try:
-                await fut
-            except OSError as e:
-                raise _tunnel_failure(spec.kind, spec.port, e.errno or 0) from None
-        finally:
+        sent = 0.0
+
+        def done(how: BaseException | None) -> None:
             del self.pending[token]
-            waiting.discard(fut)
+            waiting.discard(w)
             if not waiting:
-                del self.by_dest[dest]
-        latency = entry.arrived - sent if entry.arrived is not None else None
-        return f"echo reply from {host} to {src}", latency
+                self.by_dest.pop(dest, None)
+            if isinstance(how, _Arrived):
+                latency = how.at - sent if how.at is not None else None
+                finish.ok(f"echo reply from {host} to {src}", latency)
+            elif isinstance(how, TimeoutError):
+                finish.timeout_msg("no echo reply through the tunnel")
+            elif isinstance(how, OSError):
+                finish.fail(_tunnel_failure(spec.kind, spec.port, how.errno or 0))
+            else:
+                finish.fail(how or _CheckFailed("cancelled"))
+
+        w = _Wait(-1, done)
+        self.pending[token] = (host, w)
+        waiting = self.by_dest.setdefault(dest, set())
+        waiting.add(w)
+        for attempt in (0, 1):
+            try:
+                sent = time.time()
+                tx.sendto(payload, dest)
+                break
+            except OSError as e:
+                # an ICMP error of an earlier probe (any destination) fails the next send once;
+                # its report is on the error queue, so send again
+                if attempt or e.errno not in _ASYNC_SEND_ERRORS:
+                    w.finish(e if e.errno not in _ASYNC_SEND_ERRORS else _CheckFailed(_error_text(e)))
+                    return
+        self.poller.expire(w, deadline)
 
     def close(self) -> None:
         for s in (*self.rx.values(), *self.tx.values()):
@@ -588,30 +644,73 @@ class _TunnelProber:
             s.close()
         self.rx.clear()
         self.tx.clear()
-        for entry in self.pending.values():
-            if not entry.fut.done():
-                entry.fut.cancel()
+
+
+class _Arrived(Exception):
+    """The echo reply arrived (at ``at``, CLOCK_REALTIME seconds, from the kernel)."""
+
+    def __init__(self, at: float | None) -> None:
+        self.at = at
 
 
 # --------------------------------------------------------------------------------------------
 
 
-class Checker:
-    """Runs checks on one event loop (the running one, taken at the first check).
+class _Finish:
+    """Builds the CheckResult of one check and hands it to ``done`` exactly once."""
 
-    ``await checker.run(spec, address, timeout)`` -> :class:`CheckResult`; it never raises for
-    a failed check (only cancellation propagates). ``tick``: the grid (seconds) on which the
-    checks' sockets are harvested (see the module's notes). ``close()`` releases the shared
-    sockets.
+    __slots__ = ("t0", "timeout", "done", "finished")
+
+    def __init__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
+        self.t0 = time.perf_counter()
+        self.timeout = timeout
+        self.done = done
+        self.finished = False
+
+    def _give(self, r: CheckResult) -> None:
+        if not self.finished:
+            self.finished = True
+            self.done(r)
+
+    def ok(self, detail: str, latency: float | None) -> None:
+        if latency is None or latency < 0:
+            latency = time.perf_counter() - self.t0
+        self._give(CheckResult(True, latency, None, detail))
+
+    def fail(self, e: BaseException) -> None:
+        self._give(CheckResult(False, time.perf_counter() - self.t0, _error_text(e)))
+
+    def timeout_msg(self, what: str) -> None:
+        self._give(
+            CheckResult(False, time.perf_counter() - self.t0, f"timeout: {what} within {self.timeout:g} s")
+        )
+
+
+class Checker:
+    """Runs checks on one event loop without a task or thread per check.
+
+    ``start(spec, address, timeout, done)`` starts a check now; ``done(CheckResult)`` is called
+    once, from the loop. ``await run(spec, address, timeout)`` does the same for one check.
+    Neither raises for a failed check. ``tick``: the grid (seconds) on which sockets are
+    harvested (module notes); ``ticker`` is shared with the scheduler. ``close()`` releases the
+    shared sockets.
     """
 
     def __init__(self, tick: float = DEFAULT_TICK) -> None:
         self.tick = tick
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker: Ticker | None = None
         self._poller: _Poller | None = None
         self._tunnel: _TunnelProber | None = None
         self._tls: dict[bool, ssl.SSLContext] = {}
         self._requests: dict[tuple[CheckSpec, IPAddress], bytes] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def ticker(self) -> Ticker:
+        """The grid's ticker (bound to the running loop at first use)."""
+        if self._ticker is None:
+            self._ticker = Ticker(asyncio.get_running_loop(), self.tick)
+        return self._ticker
 
     def _tls_context(self, verify: bool) -> ssl.SSLContext:
         ctx = self._tls.get(verify)
@@ -626,44 +725,148 @@ class Checker:
         return ctx
 
     async def run(self, spec: CheckSpec, address: IPAddress, timeout: float) -> CheckResult:
-        loop = self._loop
+        fut: asyncio.Future[CheckResult] = asyncio.get_running_loop().create_future()
+
+        def done(r: CheckResult) -> None:
+            if not fut.done():
+                fut.set_result(r)
+
+        self.start(spec, address, timeout, done)
+        return await fut
+
+    def start(
+        self, spec: CheckSpec, address: IPAddress, timeout: float, done: Callable[[CheckResult], None]
+    ) -> None:
+        ticker = self.ticker
         poller = self._poller
-        if loop is None or poller is None:
-            loop = self._loop = asyncio.get_running_loop()
-            poller = self._poller = _Poller(loop, self.tick)
-        t0 = time.perf_counter()
-        deadline = loop.time() + timeout
+        if poller is None:
+            poller = self._poller = _Poller(ticker)
+        finish = _Finish(timeout, done)
+        deadline = ticker.loop.time() + timeout
         kind = spec.kind
-        latency: float | None = None
         try:
-            if kind == "tcp":
-                sock = await _connect(poller, spec, address, deadline)
-                latency = _handshake_rtt(sock)
-                poller.forget(sock.fileno())
-                _reset_close(sock)
-                detail = "connected"
-            elif kind == "http":
-                detail, latency = await self._http(poller, spec, address, deadline)
+            if kind == "tcp" or kind == "http":
+                self._start_tcp(poller, spec, address, deadline, finish)
             elif kind == "https":
-                async with asyncio.timeout_at(deadline):
-                    detail = await self._https(loop, spec, address)
+                task = ticker.loop.create_task(self._https(spec, address, timeout, finish))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             else:
                 if self._tunnel is None:
-                    self._tunnel = _TunnelProber(loop, poller)
-                detail, latency = await self._tunnel.probe(spec, address, deadline)
-        except TimeoutError:
-            what = "no echo reply through the tunnel" if spec.is_tunnel else "no answer"
-            return CheckResult(False, time.perf_counter() - t0, f"timeout: {what} within {timeout:g} s")
+                    self._tunnel = _TunnelProber(ticker.loop, poller)
+                self._tunnel.start(spec, address, deadline, finish)
         except PermissionError as e:
-            error = _error_text(e)
             if spec.is_tunnel:
-                error = f"raw ICMP socket needs root or CAP_NET_RAW ({e.strerror})"
-            return CheckResult(False, time.perf_counter() - t0, error)
-        except (OSError, ValueError, EOFError, _CheckFailed) as e:
-            return CheckResult(False, time.perf_counter() - t0, _error_text(e))
-        if latency is None or latency < 0:
-            latency = time.perf_counter() - t0
-        return CheckResult(True, latency, None, detail)
+                finish.fail(_CheckFailed(f"raw ICMP socket needs root or CAP_NET_RAW ({e.strerror})"))
+            else:
+                finish.fail(e)
+        except (OSError, ValueError, _CheckFailed) as e:
+            finish.fail(e)
+
+    # -- tcp and http ----------------------------------------------------------------------
+
+    def _start_tcp(
+        self, poller: _Poller, spec: CheckSpec, address: IPAddress, deadline: float, finish: _Finish
+    ) -> None:
+        family, host = _target(address)
+        sock = socket.socket(family, socket.SOCK_STREAM | _SOCK_NONBLOCK)
+        fd = sock.fileno()
+
+        def close() -> None:
+            poller.forget(fd)
+            _reset_close(sock)
+
+        def connected(err: BaseException | None) -> None:
+            if err is None:
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    err = OSError(code, os.strerror(code))
+            if err is not None:
+                close()
+                if isinstance(err, TimeoutError):
+                    finish.timeout_msg("no answer")
+                else:
+                    finish.fail(err)
+                return
+            rtt = _handshake_rtt(sock)
+            if spec.kind == "tcp":
+                close()
+                finish.ok("connected", rtt)
+                return
+            try:
+                self._send_request(poller, sock, spec, address, deadline, finish, rtt, close)
+            except (OSError, _CheckFailed) as e:
+                close()
+                finish.fail(e)
+
+        try:
+            if spec.source is not None:
+                sock.bind((str(spec.source), 0))
+            code = sock.connect_ex((host, spec.port))
+            if code not in (0, errno.EINPROGRESS):
+                raise OSError(code, os.strerror(code))
+        except BaseException:
+            close()
+            raise
+        if code == 0:
+            connected(None)
+        else:
+            poller.wait(fd, True, deadline, connected)
+
+    def _send_request(
+        self,
+        poller: _Poller,
+        sock: socket.socket,
+        spec: CheckSpec,
+        address: IPAddress,
+        deadline: float,
+        finish: _Finish,
+        rtt: float | None,
+        close: Callable[[], None],
+    ) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        request = self._request(spec, address)
+        sent = time.time()
+        if sock.send(request) != len(request):  # a few hundred bytes into an empty buffer
+            raise _CheckFailed("could not send the request at once")
+        fd = sock.fileno()
+        state: dict[str, object] = {"buf": b"", "first": None}
+
+        def readable(err: BaseException | None) -> None:
+            try:
+                if isinstance(err, TimeoutError):
+                    close()
+                    finish.timeout_msg("no answer")
+                    return
+                if err is not None:
+                    raise err
+                try:
+                    chunk, anc, _, _ = sock.recvmsg(4096, _CMSG_TS)
+                except (BlockingIOError, InterruptedError):
+                    poller.wait(fd, False, deadline, readable)
+                    return
+                if not chunk:
+                    raise _CheckFailed("connection closed before an HTTP status line")
+                if state["first"] is None:
+                    state["first"] = _timestamp(anc)
+                buf = state["buf"] = state["buf"] + chunk  # type: ignore[operator]
+                status = _status_of(buf)  # type: ignore[arg-type]
+                if status is None:
+                    poller.wait(fd, False, deadline, readable)
+                    return
+            except (OSError, _CheckFailed) as e:
+                close()
+                finish.fail(e)
+                return
+            close()
+            if status != spec.status:
+                finish.fail(_CheckFailed(f"HTTP {status}, expected {spec.status}"))
+                return
+            first = state["first"]
+            latency = rtt + max(0.0, first - sent) if first is not None and rtt is not None else None  # type: ignore[operator]
+            finish.ok(f"HTTP {status}", latency)
+
+        poller.wait(fd, False, deadline, readable)
 
     def _request(self, spec: CheckSpec, address: IPAddress) -> bytes:
         req = self._requests.get((spec, address))
@@ -673,72 +876,50 @@ class Checker:
             req = self._requests[(spec, address)] = _http_request(spec, address)
         return req
 
-    async def _http(
-        self, poller: _Poller, spec: CheckSpec, address: IPAddress, deadline: float
-    ) -> tuple[str, float | None]:
-        sock = await _connect(poller, spec, address, deadline)
-        fd = sock.fileno()
-        try:
-            rtt = _handshake_rtt(sock)
-            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-            request = self._request(spec, address)
-            sent = time.time()
-            if sock.send(request) != len(request):  # a few hundred bytes into an empty buffer
-                raise _CheckFailed("could not send the request at once")
-            buf = b""
-            first: float | None = None
-            while True:
-                await poller.wait(fd, False, deadline)
-                try:
-                    chunk, anc, _, _ = sock.recvmsg(4096, _CMSG_TS)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                if not chunk:
-                    raise _CheckFailed("connection closed before an HTTP status line")
-                if first is None:
-                    first = _timestamp(anc)
-                buf += chunk
-                status = _status_of(buf)
-                if status is not None:
-                    break
-        finally:
-            poller.forget(fd)
-            _reset_close(sock)
-        if status != spec.status:
-            raise _CheckFailed(f"HTTP {status}, expected {spec.status}")
-        latency = None
-        if first is not None and rtt is not None:
-            latency = rtt + max(0.0, first - sent)
-        return f"HTTP {status}", latency
+    # -- https (asyncio's TLS transport) ---------------------------------------------------
 
-    async def _https(self, loop: asyncio.AbstractEventLoop, spec: CheckSpec, address: IPAddress) -> str:
+    async def _https(self, spec: CheckSpec, address: IPAddress, timeout: float, finish: _Finish) -> None:
+        loop = asyncio.get_running_loop()
         done: asyncio.Future[int] = loop.create_future()
         request = self._request(spec, address)
         server_hostname = spec.host or str(address)
         if not spec.tls_verify and not spec.host:
             server_hostname = ""  # no SNI for a bare address, and nothing to verify
         local = (str(spec.source), 0) if spec.source is not None else None
-        transport, _ = await loop.create_connection(
-            lambda: _TlsProbe(request, done),
-            str(address),
-            spec.port,
-            ssl=self._tls_context(spec.tls_verify),
-            server_hostname=server_hostname,
-            local_addr=local,
-        )
         try:
-            status = await done
-        finally:
-            transport.abort()
+            async with asyncio.timeout(timeout):
+                transport, _ = await loop.create_connection(
+                    lambda: _TlsProbe(request, done),
+                    str(address),
+                    spec.port,
+                    ssl=self._tls_context(spec.tls_verify),
+                    server_hostname=server_hostname,
+                    local_addr=local,
+                )
+                try:
+                    status = await done
+                finally:
+                    transport.abort()
+        except TimeoutError:
+            finish.timeout_msg("no answer")
+            return
+        except (OSError, ValueError, EOFError, _CheckFailed) as e:
+            finish.fail(e)
+            return
         if status != spec.status:
-            raise _CheckFailed(f"HTTP {status}, expected {spec.status}")
-        return f"HTTP {status}"
+            finish.fail(_CheckFailed(f"HTTP {status}, expected {spec.status}"))
+        else:
+            finish.ok(f"HTTP {status}", None)
 
     def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None
         if self._poller is not None:
             self._poller.close()
             self._poller = None
-        self._loop = None
+        if self._ticker is not None:
+            self._ticker.close()
+            self._ticker = None

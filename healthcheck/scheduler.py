@@ -1,9 +1,11 @@
 """Scheduling checks and turning their results into verdicts.
 
-:class:`HealthChecker` runs on the daemon's event loop (uvloop): one small task per *probe*
-(one check spec of one address with one timing), sleeping between runs, so thousands of checks
-need no thread. Targets that share an identical probe (the same backend listed in two tables
-with the same checks) share its runs and its state.
+:class:`HealthChecker` runs on the daemon's event loop (uvloop) with no task and no thread per
+check: a *probe* (one check spec of one address with one timing) is a small record whose next
+start is booked on the checker's tick grid (10 ms), so all the checks due in a tick start in one
+loop iteration, and results come back as callbacks (healthcheck/checks.py). Targets that share
+an identical probe (the same backend listed in two tables with the same checks) share its runs
+and its state.
 
 Per probe (each check on its own, like HAProxy's and GLB's):
 
@@ -29,11 +31,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import IPv4Address, IPv6Address
 
 from healthcheck.checks import DEFAULT_TICK, Checker, CheckResult
@@ -124,7 +126,9 @@ class ProbeState:
     last: CheckResult | None = None
     stats: CheckStats = field(default_factory=CheckStats)
     targets: set[Hashable] = field(default_factory=set)
-    task: asyncio.Task[None] | None = None
+    active: bool = True  # False once no target lists it
+    running: bool = False  # a check is in flight
+    due: float = 0.0  # loop time of the next start
 
     @property
     def name(self) -> str:
@@ -150,20 +154,6 @@ class _TargetState:
     healthy: bool | None = None
     since: float | None = None
     reason: str | None = None
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-    timer = loop.call_at(when, _wake, fut)
-    try:
-        await fut
-    finally:
-        timer.cancel()
 
 
 class HealthChecker:
@@ -234,41 +224,43 @@ class HealthChecker:
         p = self._probes.get(pk)
         if p is None:
             p = self._probes[pk] = ProbeState(t.address, spec, t.timing)
-            delay = self._rng.uniform(0.0, t.timing.interval * t.timing.jitter)
-            p.task = loop.create_task(self._run(p, delay), name=f"healthcheck {p.name}")
+            p.due = loop.time() + self._rng.uniform(0.0, t.timing.interval * t.timing.jitter)
+            self.checker.ticker.at(p.due, partial(self._start, p))
         p.targets.add(key)
         return p
 
     def _release(self, p: ProbeState, key: Hashable) -> None:
         p.targets.discard(key)
         if not p.targets:
-            if p.task is not None:
-                p.task.cancel()
+            p.active = False  # its pending start (or result) finds it inactive and stops
             self._probes.pop((p.address, p.spec, p.timing), None)
 
     # -- running ---------------------------------------------------------------------------
+    # No task per probe: the ticker calls _start at the probe's due grid point (every check
+    # due then starts in the same loop iteration, one wake-up), the checker calls _done with
+    # the result, and _done books the next start: interval after this start, ± jitter.
 
-    async def _run(self, p: ProbeState, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        timing = p.timing
-        lo, hi = timing.interval * (1 - timing.jitter), timing.interval * (1 + timing.jitter)
-        uniform = self._rng.uniform
-        tick = self.tick
-        start = loop.time() + delay
-        while True:
-            # start times on a grid of `tick` seconds: the loop wakes once per tick for all the
-            # checks due then, not once per check (each wake-up is a system call or two)
-            await _sleep_until(loop, math.ceil(start / tick) * tick)
-            start = loop.time()
-            try:
-                result = await self.checker.run(p.spec, p.address, timing.timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # a bug in a check must not stop the others
-                log.exception("health check %s crashed", p.name)
-                result = CheckResult(False, loop.time() - start, f"internal error: {type(e).__name__}: {e}")
-            self._record(p, result)
-            start += uniform(lo, hi)
+    def _start(self, p: ProbeState) -> None:
+        if not p.active or self._stopped:
+            return
+        p.running = True
+        p.due = self.checker.ticker.loop.time()
+        try:
+            self.checker.start(p.spec, p.address, p.timing.timeout, partial(self._done, p))
+        except Exception as e:  # a bug in a check must not stop the others
+            log.exception("health check %s crashed", p.name)
+            self._done(p, CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+
+    def _done(self, p: ProbeState, result: CheckResult) -> None:
+        if not p.running:
+            return
+        p.running = False
+        if not p.active or self._stopped:
+            return
+        self._record(p, result)
+        t = p.timing
+        p.due += t.interval * self._rng.uniform(1 - t.jitter, 1 + t.jitter)
+        self.checker.ticker.at(p.due, partial(self._start, p))
 
     def _record(self, p: ProbeState, r: CheckResult) -> None:
         p.stats.add(r)
@@ -382,15 +374,13 @@ class HealthChecker:
         return {p.name: p.stats for p in self._probes.values()}
 
     async def stop(self) -> None:
-        """Cancel every check, end the ``changes()`` iterators, close the shared sockets."""
+        """Stop every check, end the ``changes()`` iterators, close the shared sockets."""
         self._stopped = True
-        tasks = [p.task for p in self._probes.values() if p.task is not None]
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        for p in self._probes.values():
+            p.active = False
         self._probes.clear()
         self._targets.clear()
         for q in self._queues:
             q.put_nowait(None)
         self.checker.close()
+        await asyncio.sleep(0)
