@@ -109,6 +109,7 @@ class ControlServer:
         self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset({0, os.geteuid()})
         self._server: asyncio.base_events.Server | None = None
         self._inode: tuple[int, int] | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
         self.refused = 0
 
     async def start(self) -> None:
@@ -156,6 +157,10 @@ class ControlServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._conns):  # clients still connected (fwd top, ...)
+                task.cancel()
+            if self._conns:
+                await asyncio.gather(*self._conns, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
@@ -168,6 +173,10 @@ class ControlServer:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+            task.add_done_callback(self._conns.discard)
         sock = writer.get_extra_info("socket")
         try:
             pid, uid, _gid = peer_credentials(sock)
@@ -201,7 +210,7 @@ class ControlServer:
                     continue
                 writer.write(encode(await self._answer(line, pid)))
                 await writer.drain()
-        except (ConnectionError, BrokenPipeError):
+        except (ConnectionError, BrokenPipeError, asyncio.CancelledError):
             pass
         finally:
             writer.close()

@@ -704,8 +704,9 @@ class _Loader:
                 )
 
 
-def parse_metrics_address(text: str) -> tuple[str, int]:
-    """'127.0.0.1:9641' / '[::1]:9641' -> (host, port); ValueError with the reason."""
+def parse_metrics_address(text: str, allow_port_zero: bool = False) -> tuple[str, int]:
+    """'127.0.0.1:9641' / '[::1]:9641' -> (host, port); ValueError with the reason. Port 0 (any
+    free port) only with allow_port_zero (tests)."""
     if text.startswith("["):
         host, sep, port_s = text[1:].partition("]:")
         if not sep:
@@ -720,7 +721,8 @@ def parse_metrics_address(text: str) -> tuple[str, int]:
         addr = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{json.dumps(text)}: {json.dumps(host)} is not an IP address") from None
-    if not (port_s.isascii() and port_s.isdigit()) or not 1 <= int(port_s) <= 65535:
+    lowest = 0 if allow_port_zero else 1
+    if not (port_s.isascii() and port_s.isdigit()) or not lowest <= int(port_s) <= 65535:
         raise ValueError(f"{json.dumps(text)}: bad port {json.dumps(port_s)} (want 1..65535)")
     return str(addr), int(port_s)
 

@@ -217,7 +217,7 @@ class MetricsServer:
         self, address: str, view: Callable[[], MetricsView], log: logging.Logger | None = None
     ) -> None:
         self.address = address
-        self.host, self.port = parse_metrics_address(address)
+        self.host, self.port = parse_metrics_address(address, allow_port_zero=True)
         self.log = log or logging.getLogger("fwd.metrics")
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FwdCollector(view))

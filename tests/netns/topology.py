@@ -465,7 +465,7 @@ class FwdRun:
         for i in interfaces:
             self.argv += ["--interface", i]
         self.argv += ["--mode", mode, *extra]
-        if "--control-socket" in fwd_run_help():
+        if "--control-socket" not in extra and "--control-socket" in fwd_run_help():
             # a path of its own: several runs (tests, developers) may go at once on one machine
             self.argv += ["--control-socket", str(log.with_suffix(".sock"))]
         self._log = open(log, "wb")  # noqa: SIM115 (closed in stop())
