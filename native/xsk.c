@@ -64,7 +64,7 @@
 #define XSK_KERNEL_TX_BATCH 32     /* copy-mode tx handles this many per sendto() */
 #define XSK_BUSY_POLL_USEC 20
 #define XSK_BUSY_SPINS 1000        /* empty busy-poll rounds before sleeping in poll() */
-#define XSK_STATS_EVERY 1024       /* polls between XDP_STATISTICS reads */
+#define XSK_STATS_EVERY 1024       /* bursts between XDP_STATISTICS reads (and when idle) */
 #define XSK_EGRESS_RETRY_NS 1000000000ull   /* a failed egress path is retried after 1 s */
 
 #ifndef SO_PREFER_BUSY_POLL
@@ -477,7 +477,6 @@ static int idle_wait(struct xsk_port *x)
 	int err = 0;
 	socklen_t elen = sizeof(err);
 
-	read_kernel_stats(x);
 	if (x->busy_poll || xsk_ring_prod__needs_wakeup(&x->paths[0].fq)) {
 		x->w->port.wakeups++;
 		recvfrom(x->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
@@ -487,6 +486,8 @@ static int idle_wait(struct xsk_port *x)
 	x->idle_spins = 0;
 	if (poll(&pfd, 1, FWD_POLL_MS) > 0 && !(pfd.revents & (POLLERR | POLLHUP | POLLNVAL)))
 		return 0;
+	/* Quiet for FWD_POLL_MS: a good time for the syscalls the busy path skips. */
+	read_kernel_stats(x);
 	/* The kernel unbinds the socket and sets ENETDOWN when the interface goes away. */
 	if (getsockopt(x->fd, SOL_SOCKET, SO_ERROR, &err, &elen) || !err)
 		return 0;
