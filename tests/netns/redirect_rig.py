@@ -14,7 +14,7 @@ L7 nodes running real nginx behind fwd-redirect, all on one bridge (direct serve
 * l7-i    eth0 10.97.0.(10+i)/24 fd97::(10+i)/64; the VIPs on lo; arp_ignore=1, arp_announce=2,
           rp_filter=1 (docs/redirect.md); nginx listening on VIP:80 and [VIP6]:80, answering
           "l7-i ADDR PORT" (who served, and the client as nginx saw it); fwd-redirect on eth0
-          accepting GUE from l4's addresses only.
+          accepting GUE from l4's and the other L7 nodes' addresses only.
 
 Namespaces are named fwdt<pid>-<n>r-<role> (tests/netns/topology.py sweeps stale ones).
 Run as a module inside l4 for the helper that drives fwd.live.LiveDataplane and publishes tables on
@@ -189,8 +189,19 @@ class RedirectTopology:
         return p
 
     def attach_redirect(self, i: int) -> None:
-        self.fwd(self.l7(i), "redirect", "attach", "--interface", "eth0", "--allow", f"{L4_4}/32",
-                 "--allow", f"{L4_6}/128")  # fmt: skip
+        """--allow: the L4 node, and the other L7 nodes (the sources of second-chance packets)."""
+        allow = [f"{L4_4}/32", f"{L4_6}/128"]
+        allow += [
+            f"{l7_addr(j, v)}/{32 if v == 4 else 128}" for j in range(self.n_l7) if j != i for v in (4, 6)
+        ]
+        self.fwd(
+            self.l7(i),
+            "redirect",
+            "attach",
+            "--interface",
+            "eth0",
+            *(a for x in allow for a in ("--allow", x)),
+        )
 
     def redirect_stats(self, i: int) -> dict[str, int]:
         import json
