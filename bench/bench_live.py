@@ -420,6 +420,12 @@ def write_report(res: Result, args) -> str:
                 f"* {v} CPU/packet ÷ kernel forwarding CPU/packet at {fixed}: "
                 f"{ratio(v, 'kernel', headline):.2f}"
             )
+    reached = statistics.median(x.sent_pps for ss in res.fixed.values() for x in ss)
+    if reached < 0.95 * args.fixed_rate:
+        ratios.append(
+            f"* note: at the fixed rate the generator reached only {reached / 1e3:.0f} kpps (median) "
+            "on this machine at this time"
+        )
     lines += ["Ratios from this run:", "", *ratios, "", "![delivered rate and CPU per packet](live.png)", ""]
     lines += [
         "Reading: a veth pair has no NIC working in parallel; with plain kernel forwarding the "
@@ -443,7 +449,8 @@ def _chart(res: Result, attr: str, fixed: str) -> None:
     names = [v for v in VARIANTS if v in res.samples]
     pps = [res.med(v, "pps") / 1e3 for v in names]
     cpu = [res.med(v, attr, True) for v in names]
-    colors = ["#1f77b4", "#ff7f0e", "#7f7f7f", "#2ca02c"][: len(names)]
+    palette = {"fwd-xdp": "#1f77b4", "fwd-raw": "#ff7f0e", "kernel": "#7f7f7f", "xsk-noop": "#2ca02c"}
+    colors = [palette[v] for v in names]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.bar(names, pps, color=colors)
     a.set_title("delivered at the sink (kpps)")
