@@ -389,6 +389,66 @@ def _status_of(buf: bytes) -> int | None:
     return int(parts[1])
 
 
+class _HttpAnswer:
+    """Reads an HTTP answer up to its status line, one harvest at a time."""
+
+    __slots__ = ("poller", "sock", "spec", "deadline", "finish", "rtt", "sent", "close", "buf", "first")
+
+    def __init__(
+        self,
+        poller: _Poller,
+        sock: socket.socket,
+        spec: CheckSpec,
+        deadline: float,
+        finish: _Finish,
+        rtt: float | None,
+        sent: float,
+        close: Callable[[], None],
+    ) -> None:
+        self.poller, self.sock, self.spec, self.deadline = poller, sock, spec, deadline
+        self.finish, self.rtt, self.sent, self.close = finish, rtt, sent, close
+        self.buf = b""
+        self.first: float | None = None
+
+    def wait(self) -> None:
+        self.poller.wait(self.sock.fileno(), False, self.deadline, self.readable)
+
+    def readable(self, err: BaseException | None) -> None:
+        if isinstance(err, TimeoutError):
+            self.close()
+            self.finish.timeout_msg("no answer")
+            return
+        try:
+            if err is not None:
+                raise err
+            try:
+                chunk, anc, _, _ = self.sock.recvmsg(4096, _CMSG_TS)
+            except (BlockingIOError, InterruptedError):
+                self.wait()
+                return
+            if not chunk:
+                raise _CheckFailed("connection closed before an HTTP status line")
+            if self.first is None:
+                self.first = _timestamp(anc)
+            self.buf += chunk
+            status = _status_of(self.buf)
+            if status is None:
+                self.wait()
+                return
+        except (OSError, _CheckFailed) as e:
+            self.close()
+            self.finish.fail(e)
+            return
+        self.close()
+        if status != self.spec.status:
+            self.finish.fail(_CheckFailed(f"HTTP {status}, expected {self.spec.status}"))
+            return
+        latency = None
+        if self.first is not None and self.rtt is not None:
+            latency = self.rtt + max(0.0, self.first - self.sent)
+        self.finish.ok(f"HTTP {status}", latency)
+
+
 class _TlsProbe(asyncio.Protocol):
     """HTTPS: sends one GET over the TLS transport and resolves ``done`` with the status."""
 
@@ -829,44 +889,7 @@ class Checker:
         sent = time.time()
         if sock.send(request) != len(request):  # a few hundred bytes into an empty buffer
             raise _CheckFailed("could not send the request at once")
-        fd = sock.fileno()
-        state: dict[str, object] = {"buf": b"", "first": None}
-
-        def readable(err: BaseException | None) -> None:
-            try:
-                if isinstance(err, TimeoutError):
-                    close()
-                    finish.timeout_msg("no answer")
-                    return
-                if err is not None:
-                    raise err
-                try:
-                    chunk, anc, _, _ = sock.recvmsg(4096, _CMSG_TS)
-                except (BlockingIOError, InterruptedError):
-                    poller.wait(fd, False, deadline, readable)
-                    return
-                if not chunk:
-                    raise _CheckFailed("connection closed before an HTTP status line")
-                if state["first"] is None:
-                    state["first"] = _timestamp(anc)
-                buf = state["buf"] = state["buf"] + chunk  # type: ignore[operator]
-                status = _status_of(buf)  # type: ignore[arg-type]
-                if status is None:
-                    poller.wait(fd, False, deadline, readable)
-                    return
-            except (OSError, _CheckFailed) as e:
-                close()
-                finish.fail(e)
-                return
-            close()
-            if status != spec.status:
-                finish.fail(_CheckFailed(f"HTTP {status}, expected {spec.status}"))
-                return
-            first = state["first"]
-            latency = rtt + max(0.0, first - sent) if first is not None and rtt is not None else None  # type: ignore[operator]
-            finish.ok(f"HTTP {status}", latency)
-
-        poller.wait(fd, False, deadline, readable)
+        _HttpAnswer(poller, sock, spec, deadline, finish, rtt, sent, close).wait()
 
     def _request(self, spec: CheckSpec, address: IPAddress) -> bytes:
         req = self._requests.get((spec, address))
