@@ -414,9 +414,9 @@ def _xdp_prog_ids(ifindexes: Sequence[int]) -> dict[int, int]:
         return {}
 
 
-def _backend_addresses(tables: Iterable[Any]) -> list[IPAddress]:
-    """Backends that can be in a row (inactive ones never are), in config order."""
-    return [b.address for t in tables for b in t.backends if b.state != "inactive"]
+def _backend_addresses(tables: Iterable[Any], *, inactive: bool = False) -> list[IPAddress]:
+    """Backends that can be in a row (inactive ones never are, unless asked for), config order."""
+    return [b.address for t in tables for b in t.backends if inactive or b.state != "inactive"]
 
 
 def _table_identity(t: Any) -> tuple[object, ...]:
@@ -483,7 +483,10 @@ class LiveDataplane:
                     self.log.warning("interface %s is down: nothing will arrive until it is up", iface.name)
             try:
                 self._nh = NextHopThread(self._on_nexthops, self.log)
-                self.hops = self._nh.resolve(self._backend_addresses(), self.nexthop_wait)
+                # inactive backends too: set_backends() may rank them later without a lookup
+                self.hops = self._nh.resolve(
+                    _backend_addresses(self.tables, inactive=True), self.nexthop_wait
+                )
                 self.node = self._node_spec(initial=True)
                 if self.mode == "raw":
                     self._start_raw()
@@ -642,8 +645,15 @@ class LiveDataplane:
         and publish it. Returns its generation."""
         hops = None
         if isinstance(cfg_or_tables, Config) and self._nh is not None:
-            # before taking the lock: the next-hop thread's callback takes it too
-            hops = self._nh.resolve(_backend_addresses(cfg_or_tables.tables), wait=0.2)
+            addrs = _backend_addresses(cfg_or_tables.tables, inactive=True)
+            known = self.hops
+            if all(a in known and known[a].usable for a in addrs):
+                self._nh.set_targets(addrs)  # nothing new to look up: the watcher follows them
+            else:
+                # a new backend: wait (up to NEXTHOP_WAIT) for its neighbour, so that the new
+                # table does not start with no_nexthop drops; outside the lock, which the
+                # next-hop thread's callback takes
+                hops = self._nh.resolve(addrs, wait=self.nexthop_wait)
         with self._lock:
             if self._rt is None or self._stopped:
                 raise LiveError("the data plane is not running")
@@ -721,11 +731,16 @@ class LiveDataplane:
         with self._lock:
             if self._rt is None or self._stopped:
                 return
+            changed = False
             for addr, h in hops.items():
                 old = self.hops.get(addr)
                 if old is None or old.key() != h.key():
                     self.log.info("next hop %s", h.describe())
-            self.hops = hops
+                    changed = True
+            if not changed:
+                return
+            # merge: the map may have been resolved for an older backend set than publish(cfg) set
+            self.hops = {**self.hops, **hops}
             self.node = self._node_spec()
             gen = self._publish_locked()
             self.log.info("published generation %d after a next-hop change", gen)

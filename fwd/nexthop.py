@@ -154,6 +154,7 @@ class NextHopResolver:
         self.hops: dict[IPAddress, NextHop] = {}
         self._stale: set[tuple[int, IPAddress]] = set()
         self._dirty: asyncio.Event | None = None  # created in the loop by watch()
+        self._resolving: asyncio.Lock | None = None
 
     async def open(self) -> None:
         if self._ipr is None:
@@ -177,14 +178,21 @@ class NextHopResolver:
     # -- one resolution ------------------------------------------------------------------------
 
     async def resolve_all(self) -> dict[IPAddress, NextHop]:
-        """Resolve every target now (probing missing neighbours); stores and returns the map."""
-        await self.open()
-        links: dict[int, Any] = {}
-        hops = {}
-        for addr in self._targets:
-            hops[addr] = await self._resolve(addr, links)
-        self.hops = hops
-        return hops
+        """Resolve every target now (probing missing neighbours); stores and returns the map.
+
+        One resolution at a time (the watcher and a caller's resolve() share the loop), each for
+        the targets current when it starts.
+        """
+        if self._resolving is None:
+            self._resolving = asyncio.Lock()
+        async with self._resolving:
+            await self.open()
+            links: dict[int, Any] = {}
+            hops = {}
+            for addr in self._targets:
+                hops[addr] = await self._resolve(addr, links)
+            self.hops = hops
+            return hops
 
     async def _resolve(self, addr: IPAddress, links: dict[int, Any]) -> NextHop:
         ipr = self._ipr

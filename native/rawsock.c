@@ -37,8 +37,15 @@
 
 #include "runtime_priv.h"
 
-#define RAW_BLOCK_SIZE_DEFAULT (1u << 20)
-#define RAW_BLOCK_COUNT_DEFAULT 8
+/*
+ * A V3 block reaches userspace when full or RAW_RETIRE_MS after its first
+ * frame, so at low rates every block carries a few frames: the block count,
+ * not the bytes, bounds how long a worker may be descheduled before the
+ * kernel drops. 64 blocks of 128 KiB (room for a 64 KiB GRO frame) ride out
+ * a 64 ms stall at any rate, and hold about 350 full-size frames each.
+ */
+#define RAW_BLOCK_SIZE_DEFAULT (128u << 10)
+#define RAW_BLOCK_COUNT_DEFAULT 64
 #define RAW_BATCH_DEFAULT 64
 #define RAW_BATCH_MAX 1024
 #define RAW_FRAME_SIZE 2048        /* V3 ignores it for placement; must divide the block */
@@ -301,8 +308,8 @@ static int raw_port_open(struct fwd_runtime *rt, const struct fwd_raw_config *cf
 	    (rp->block_size & (rp->block_size - 1)))
 		return RAW_FAIL("raw socket on %s: block size %u must be a power of two >= the page size",
 				ifn, rp->block_size);
-	if (rp->block_count < 2 || rp->block_count > 1024)
-		return RAW_FAIL("raw socket on %s: block count %u out of range 2..1024", ifn,
+	if (rp->block_count < 2 || rp->block_count > 4096)
+		return RAW_FAIL("raw socket on %s: block count %u out of range 2..4096", ifn,
 				rp->block_count);
 
 	rp->ifindex = (int)if_nametoindex(ifn);

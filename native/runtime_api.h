@@ -50,8 +50,8 @@ struct fwd_xsk_config {
 struct fwd_raw_config {
 	char ifname[16];          /* receiving interface */
 	uint32_t fanout_group;    /* PACKET_FANOUT group id shared by the workers of one interface */
-	uint32_t block_size;      /* TPACKET_V3 block size (0 = 1 MiB) */
-	uint32_t block_count;     /* (0 = 8) */
+	uint32_t block_size;      /* TPACKET_V3 block size (0 = 128 KiB) */
+	uint32_t block_count;     /* (0 = 64) */
 	uint32_t batch;           /* (0 = 64) */
 };
 
