@@ -1,7 +1,7 @@
 # fwd — common tasks. `make test` works on a fresh machine (it runs setup first).
 PY := .venv/bin/python
 
-.PHONY: setup build test lint unit pcap-tests netns-tests bench bench-core bench-live example clean
+.PHONY: setup build test lint unit pcap-tests netns-tests bench bench-core bench-live bench-redirect example clean
 
 setup:
 	bash scripts/setup.sh
@@ -35,8 +35,13 @@ bench-live: setup
 	$(MAKE) -C native/bpf all noop
 	$(PY) bench/bench_live.py
 
-# Both, then bench-report/README.md (core + live, with the chart).
-bench: bench-core bench-live
+# fwd-redirect (root: namespaces, tc BPF): CPU per decapsulated packet next to plain delivery of
+# the same inner packets; bench-report/redirect.md.
+bench-redirect: setup
+	$(PY) bench/bench_redirect.py
+
+# All three, then bench-report/README.md (core + live, with the chart).
+bench: bench-core bench-live bench-redirect
 	$(PY) bench/bench_live.py --combine
 
 # The README's example: a capture run through the C core.

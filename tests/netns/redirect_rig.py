@@ -163,8 +163,8 @@ class RedirectTopology:
         conf = d / "nginx.conf"
         conf.write_text(nginx_conf(i, d))
         p = subprocess.Popen(
-            ["ip", "netns", "exec", self.l7(i), NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log"),
-             "-g", "daemon off;"],
+            ["ip", "netns", "exec", self.l7(i), NGINX, "-p", str(d), "-c", str(conf),
+             "-e", str(d / "error.log"), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=open(d / "stderr.log", "wb"),  # noqa: SIM115
         )  # fmt: skip
         self.nginx[i] = p

@@ -329,10 +329,8 @@ def test_second_chance(rig, tmp_path):
         sender.close()
         d = delta(stats_all(topo), before)
         frames = cap.stop()
-        rst = [
-            s for out, f in frames
-            if not out and (s := rr.tcp_segment(f)) and s.src == rr.VIP4 and s.dport == sport and s.flags & 0x04
-        ]  # fmt: skip
+        segs = [rr.tcp_segment(f) for out, f in frames if not out]
+        rst = [s for s in segs if s and s.src == rr.VIP4 and s.dport == sport and s.flags & 0x04]
         assert rst, f"no RST for the unknown flow (counters {d})"
         assert rst[0].src_mac == rr.l7_mac(secondary), (
             f"RST from {rst[0].src_mac}, last hop is l7-{secondary}"
@@ -409,11 +407,11 @@ echo "filters: $(tc filter show dev eth0 ingress | wc -l)"
         # a clsact qdisc with someone else's filter: attach + detach leave both
         tp.sh("tc", "qdisc", "add", "dev", "eth0", "clsact", ns=ns)
         # classic BPF "return -1": TC_ACT_UNSPEC in direct-action mode, the next filter runs
-        tp.sh("tc", "filter", "add", "dev", "eth0", "ingress", "pref", "7", "bpf", "da", "bytecode", "1,6 0 0 4294967295,",
-              ns=ns)  # fmt: skip
+        cbpf = ("bpf", "da", "bytecode", "1,6 0 0 4294967295,")
+        tp.sh("tc", "filter", "add", "dev", "eth0", "ingress", "pref", "7", *cbpf, ns=ns)
         for args in (("attach", "--allow", "10.55.0.1/32"), ("stats",), ("detach",)):
-            p = subprocess.run(["ip", "netns", "exec", ns, fwd, "redirect", args[0], "--interface", "eth0", *args[1:]],
-                               capture_output=True, text=True)  # fmt: skip
+            argv = ["ip", "netns", "exec", ns, fwd, "redirect", args[0], "--interface", "eth0", *args[1:]]
+            p = subprocess.run(argv, capture_output=True, text=True)
             assert p.returncode == 0, p.stderr
             if args[0] == "stats":
                 assert "found through tc" in p.stdout, p.stdout  # another mount namespace: no pins
