@@ -309,3 +309,20 @@ def test_default_veth_fewer_queues_in_use_than_allocated(make_topology, start_fw
     log = live.run.log()
     assert re.search(r"\b1 worker\b", log), f"fwd's log does not say 1 worker:\n{log}"
     assert_clean_exit(live)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_restart_after_crash_replaces_stale_state(mode, topo, start_fwd):
+    """fwd killed with SIGKILL leaves its XDP program (xdp) or its nftables table (raw) behind;
+    the next `fwd run` replaces it, forwards, and on SIGTERM leaves nothing."""
+    first = Live(topo, start_fwd, mode)
+    first.sender.close()
+    first.run.proc.kill()
+    first.run.proc.wait(10)
+    stale = tp.leftovers(topo)
+    assert stale, f"a SIGKILLed fwd ({mode}) left nothing behind: the test proves nothing"
+    second = Live(topo, start_fwd, mode)  # waits for its probes to arrive
+    log = assert_clean_exit(second)
+    assert re.search(r"stale|replac", log, re.I), (
+        f"the second run does not say it replaced stale state:\n{log}"
+    )
