@@ -202,10 +202,12 @@ def main() -> int:
         }
         print(
             f"health checker CPU: {a.backends} backends on 127.1.x.y, interval {a.interval:g} s, "
-            f"measured over {a.seconds:g} s after {a.warmup:g} s (uvloop {uvloop.__version__}, {os.cpu_count()} cores)"
+            f"measured over {a.seconds:g} s after {a.warmup:g} s "
+            f"(uvloop {uvloop.__version__}, {os.cpu_count()} cores)"
         )
         print(
-            f"  {'checks':10} {'checks/s':>9} {'CPU % of a core':>16} {'µs CPU/check':>13} {'latency ms':>11}  failures"
+            f"  {'checks':10} {'checks/s':>9} {'CPU % of a core':>16} {'µs CPU/check':>13} "
+            f"{'(user)':>7} {'latency ms':>11}  failures"
         )
         worst = 0.0
         for kind in a.kinds.split(","):
@@ -218,8 +220,13 @@ def main() -> int:
             err = f"  ({'; '.join(r['errors'])})" if r["errors"] else ""
             print(
                 f"  {kind:10} {r['checks_per_s']:9.0f} {r['cpu_pct']:15.2f}% {r['us_per_check']:13.1f}"
+                f" {r['user_pct']:6.2f}%"
                 f" {r['mean_latency_ms']:11.2f}  {r['failures']}{err}"
             )
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        print(
+            f"  load average during the run: {' '.join(load)} (other work on the machine inflates CPU time)"
+        )
         verdict = "ok" if worst < 5.0 else "ABOVE TARGET"
         print(f"  worst: {worst:.2f}% of one core (target < 5%): {verdict}")
     finally:
