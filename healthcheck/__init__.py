@@ -1,8 +1,9 @@
 """fwd's health checker: its own package, with no dependency on the data plane.
 
-Checks (TCP connect, HTTP/HTTPS GET, the GUE tunnel probe through fwd-redirect) run as
-coroutines on one event loop (uvloop in the daemon); :class:`HealthChecker` schedules them per
-target with interval, timeout, rise, fall and jitter, and reports verdict changes::
+Checks (TCP connect, HTTP/HTTPS GET, the GUE tunnel probe through fwd-redirect) run on one
+event loop (uvloop in the daemon) with no thread and no task per check; :class:`HealthChecker`
+schedules them per target with interval, timeout, rise, fall and jitter, and reports verdict
+changes::
 
     hc = HealthChecker(on_change=lambda v: print(v.key, v.healthy, v.reason))
     hc.set_targets(targets_from_config(cfg))
@@ -10,7 +11,7 @@ target with interval, timeout, rise, fall and jitter, and reports verdict change
     await hc.stop()
 """
 
-from healthcheck.checks import Checker, CheckResult, build_tunnel_probe
+from healthcheck.checks import DEFAULT_TICK, Checker, CheckResult, build_tunnel_probe
 from healthcheck.config import (
     CHECK_KINDS,
     DEFAULT_TIMING,
@@ -34,6 +35,7 @@ from healthcheck.scheduler import (
 
 __all__ = [
     "CHECK_KINDS",
+    "DEFAULT_TICK",
     "DEFAULT_TIMING",
     "GUE_PORT",
     "LATENCY_BUCKETS",
