@@ -468,9 +468,10 @@ def _chart(res: Result, attr: str, fixed: str) -> None:
 
 
 def combine() -> None:
-    """bench-report/README.md: the core benchmark's and the live benchmark's reports together."""
+    """bench-report/README.md: every benchmark's report in one page (core and live first)."""
     parts = ["# fwd benchmarks (`make bench`)", ""]
-    for name in ("core.md", "live.md"):
+    others = sorted(p.name for p in REPORT.glob("*.md") if p.name not in ("README.md", "core.md", "live.md"))
+    for name in ("core.md", "live.md", *others):
         p = REPORT / name
         if p.exists():
             parts += [p.read_text().replace("# ", "## ", 1), ""]
