@@ -319,9 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_redirect_parser(sub)
 
-    from fwd.redirect_cli import add_parser as add_redirect_parser  # fwd redirect attach|detach|stats
+    from fwd.bgp_cli import add_parser as add_node_parser  # fwd node drain|undrain (BGP)
 
-    add_redirect_parser(sub)
+    add_node_parser(sub)
     return p
 
 

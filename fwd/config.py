@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:  # healthcheck.config imports this module: import it lazily at run time
+    from fwd.bgp import BgpSettings
     from healthcheck.config import CheckSpec, Timing
 
 __all__ = [
@@ -155,6 +156,7 @@ class Config:
     node: Node
     tables: list[Table]
     daemon: Daemon = field(default_factory=Daemon)
+    bgp: BgpSettings | None = None  # [bgp]: announce the VIPs through ExaBGP (fwd.bgp, docs/bgp.md)
 
     def all_binds(self) -> list[tuple[int, Bind]]:
         """Binds in global order (table 0's first) as (table index, bind)."""
@@ -366,7 +368,7 @@ class _Loader:
             node = Node()
             daemon = Daemon()
         else:
-            self.keys(top, "", ("node", "daemon", "tables"), ("tables",))
+            self.keys(top, "", ("node", "daemon", "bgp", "tables"), ("tables",))
             node = self.node(top.get("node", {}), "node")
             daemon = self.daemon(top.get("daemon", {}), "daemon")
         self.timing_default = daemon.healthcheck
@@ -388,7 +390,12 @@ class _Loader:
             tables.append(table)
         self.check_binds(tables)
         self.warn_missing_health(raw_tables, tables)
-        return Config(path=self.file, format=self.fmt, node=node, tables=tables, daemon=daemon)
+        bgp = None
+        if not self.json and "bgp" in top:
+            from fwd.bgp import parse_bgp  # [bgp] is checked by the BGP module (docs/bgp.md)
+
+            bgp = parse_bgp(self, top["bgp"], "bgp", tables)
+        return Config(path=self.file, format=self.fmt, node=node, tables=tables, daemon=daemon, bgp=bgp)
 
     def node(self, value: object, path: str) -> Node:
         obj = self.mapping(value, path)

@@ -181,6 +181,11 @@ def render_status(s: dict[str, Any]) -> str:
         ]
         for b in down:
             lines.append(f"  {b['address']} down: {b['health'].get('reason')}")
+    if s.get("bgp"):
+        from fwd.bgp_cli import render_bgp
+
+        lines.append("")
+        lines += render_bgp(s["bgp"])
     return "\n".join(lines)
 
 

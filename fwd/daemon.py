@@ -17,8 +17,10 @@ One uvloop event loop in the main thread; the data plane's C threads forward pac
   the config says the same state, or until the backend leaves the config (fwd.overrides).
 * the **control API** (fwd.api, a root-only Unix socket), **Prometheus metrics** (fwd.metrics) and
   **systemd notifications** (fwd.notify).
-* **SIGTERM**: STOPPING=1 → the withdraw hooks (the BGP speaker's, later) → ``drain_wait`` seconds
-  of forwarding → health checks, API and metrics stop → the data plane stops and detaches.
+* **BGP** (fwd.bgp, when the config has ``[bgp]``): ExaBGP as a child process announces each VIP
+  while the data plane runs and the VIP has a healthy backend; ``fwd node drain|undrain``.
+* **SIGTERM**: STOPPING=1 → the withdraw hooks (the BGP speaker's) → ``drain_wait`` seconds
+  of forwarding → health checks, API and metrics stop → ExaBGP and the data plane stop.
 
 What the tables use for a backend (its *effective* state and health):
 state = the runtime override, else the config's ``state``; healthy = the health checker's verdict
@@ -126,6 +128,7 @@ class Daemon:
         # BGP (a later issue) appends callables here: called on SIGTERM before the drain wait,
         # while the data plane still forwards. A callable may return an awaitable.
         self.withdraw_hooks: list[Callable[[], Awaitable[None] | None]] = []
+        self.bgp: Any = None  # fwd.bgp.BgpSpeaker when the config has [bgp]
         self.live: Any = None
         self.hc: Any = None
         self.api: ControlServer | None = None
@@ -236,6 +239,7 @@ class Daemon:
         # the refusals `fwd run` always made come first, before anything is created
         interfaces_info(self.opts.interfaces)
         check_privileges(self.opts.mode)
+        self.bgp = self._make_bgp(self.cfg)  # refuses now when ExaBGP is missing
         for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
             loop.add_signal_handler(sig, self.request_stop, name)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
@@ -263,6 +267,7 @@ class Daemon:
                 self.log.info("health checks: %d backend%s checked", n, "" if n == 1 else "s")
             self.ready = True
             self.notify.ready(self.status_line())
+            await self._start_bgp()
             self._tasks.append(loop.create_task(self._sample_rates(), name="rates"))
             if self.opts.stats_interval > 0 and self.on_stats is not None:
                 self._tasks.append(loop.create_task(self._print_stats(), name="stats"))
@@ -350,6 +355,8 @@ class Daemon:
             await self.api.stop()
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.bgp is not None:  # its routes were withdrawn by its SIGTERM hook
+            await self.bgp.stop()
         if self.live is not None:
             assert self.loop is not None
             await self.loop.run_in_executor(None, self.live.stop)
@@ -362,6 +369,7 @@ class Daemon:
         self._pending[v.key] = (v, time.monotonic())
         if self._flush_handle is None and self.loop is not None:
             self._flush_handle = self.loop.call_soon(self.flush_health)
+        self._bgp_changed()  # after the flush: BGP reads the tables it publishes
 
     def flush_health(self) -> None:
         """Apply the pending verdicts: one incremental update per table, one snapshot."""
@@ -493,12 +501,20 @@ class Daemon:
         self.hc.set_targets(self.targets())
         self._apply_daemon_settings(old, new)
         changes += cleared
+        changes += await self._bgp_reload(old, new)
         moved = ", ".join(f"{name} {n}" for name, n in rows.items() if n) or "none"
         msg = f"applied {new.path} as generation {gen}: {'; '.join(changes)}; rows changed: {moved}"
         return self._reload_done(ReloadResult(True, source, started, msg, changes, gen, rows))
 
     def _refuse_config(self, new: Config) -> str | None:
         """What the running daemon cannot take from a valid config (its file is fine)."""
+        if new.bgp is not None:
+            from fwd.bgp import BgpError, find_exabgp
+
+            try:
+                find_exabgp(new.bgp)
+            except BgpError as e:
+                return str(e)
         return None
 
     def _reload_done(self, r: ReloadResult) -> ReloadResult:
@@ -582,6 +598,7 @@ class Daemon:
                     raise ApiError(f"the data plane refused the change: {e}") from None
                 self._owned_cache.pop(ti, None)
                 self.hc.set_targets(self.targets())
+                self._bgp_changed()
                 rows = self.live.tables[ti].last_update.rows_changed
                 new_state = self.overrides.state(key, conf.state)
                 self.log.info(
@@ -789,6 +806,7 @@ class Daemon:
             "health_changes": self.health_changes,
             "overrides": self.overrides.as_list(),
             "tables": tables,
+            "bgp": self.bgp.status() if self.bgp is not None else None,
             "verdicts": c.verdicts,
             "drops": c.drops,
             "icmp_replies": c.icmp_replies,
@@ -856,6 +874,7 @@ class Daemon:
             v.reload_success = self.last_reload.ok
             v.reload_timestamp = self.last_reload.at
         v.reloads = dict(self.reloads)
+        v.bgp = self.bgp.metrics() if self.bgp is not None else None
         return v
 
     def lookup(self, frame: bytes, table: str | None) -> dict[str, Any]:
@@ -914,6 +933,7 @@ class Daemon:
             "reload": self._api_reload,
             "backend": self._api_backend,
             "lookup": self._api_lookup,
+            "node": self._api_node,
         }
 
     def _need_ready(self) -> None:
@@ -956,6 +976,72 @@ class Daemon:
             raise ApiError("lookup: 'table' must be a string")
         async with self._table_lock:
             return self.lookup(frame, table)
+
+    async def _api_node(self, args: dict[str, Any]) -> dict[str, Any]:
+        """fwd node drain|undrain: withdraw (announce again) every VIP of this node."""
+        self._need_ready()
+        action = args.get("action")
+        if action not in ("drain", "undrain"):
+            raise ApiError(f"node: unknown action {action!r} (expected drain or undrain)")
+        if self.bgp is None:
+            raise ApiError(
+                f"node {action}: BGP is not configured (no [bgp] section): nothing announces this node"
+            )
+        if self.stopping:
+            raise ApiError("the daemon is stopping (its VIPs are being withdrawn)")
+        return dict(
+            await self.bgp.set_drained(action == "drain", str(args.get("who") or f"fwd node {action}"))
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # BGP (fwd.bgp: ExaBGP as a child process, driven through its text API; docs/bgp.md)
+
+    def _make_bgp(self, cfg: Config) -> Any:
+        if cfg.bgp is None:
+            return None
+        from fwd.bgp import BgpError, BgpSpeaker, daemon_inputs
+
+        try:
+            return BgpSpeaker(
+                cfg.bgp,
+                lambda drained, stopping: daemon_inputs(self, drained, stopping),
+                logging.getLogger("fwd.bgp"),
+                source=cfg.path,
+            )
+        except BgpError as e:
+            raise DaemonError(str(e)) from None
+
+    async def _start_bgp(self) -> None:
+        if self.bgp is not None:
+            await self.bgp.start()
+            self.withdraw_hooks.append(self.bgp.withdraw_for_stop)
+
+    def _bgp_changed(self) -> None:
+        if self.bgp is not None:
+            self.bgp.changed()
+
+    async def _bgp_reload(self, old: Config, new: Config) -> list[str]:
+        if self.bgp is not None and new.bgp is not None:
+            changes: list[str] = await self.bgp.reconfigure(new.bgp, new.path)
+            self.bgp.changed()
+            return changes
+        if self.bgp is not None:  # [bgp] removed: withdraw, then stop ExaBGP
+            speaker, self.bgp = self.bgp, None
+            with contextlib.suppress(ValueError):
+                self.withdraw_hooks.remove(speaker.withdraw_for_stop)
+            await speaker.withdraw_for_stop()
+            await speaker.stop()
+            return ["bgp: removed (VIPs withdrawn, ExaBGP stopped)"]
+        if new.bgp is not None:
+            try:
+                self.bgp = self._make_bgp(new)
+                await self._start_bgp()
+            except (DaemonError, OSError) as e:
+                self.log.error("bgp: cannot start: %s", e)
+                self.bgp = None
+                return [f"bgp: cannot start: {e}"]
+            return ["bgp: added (ExaBGP started)"]
+        return []
 
 
 def _health_json(hs: Any, checked: bool) -> dict[str, Any]:

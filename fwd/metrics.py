@@ -64,6 +64,7 @@ class MetricsView:
     start_time: float = 0.0
     mode: str = ""
     version: str = ""
+    bgp: dict[str, Any] | None = None  # fwd.bgp.BgpSpeaker.metrics() when [bgp] is configured
 
 
 def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
@@ -189,6 +190,38 @@ def families(v: MetricsView) -> Iterator[Metric]:
     for result in ("ok", "failed"):
         reloads.add_metric([result], v.reloads.get(result, 0))
     yield reloads
+    if v.bgp is not None:
+        yield from bgp_families(v.bgp)
+
+
+def bgp_families(b: dict[str, Any]) -> Iterator[Metric]:
+    """BGP (fwd.bgp): ExaBGP, the peers' sessions and the VIPs' announcements."""
+    up = _gauge("fwd_bgp_exabgp_up", "1 while the ExaBGP child runs and its API is connected")
+    up.add_metric([], b["exabgp_up"])
+    restarts = _counter("fwd_bgp_exabgp_restarts", "times ExaBGP died and was restarted", [])
+    restarts.add_metric([], b["restarts"])
+    drained = _gauge("fwd_bgp_node_drained", "1 while the node is drained (fwd node drain)")
+    drained.add_metric([], b["drained"])
+    commands = _counter("fwd_bgp_commands", "API commands sent to ExaBGP, by its answer", ["result"])
+    for result in ("sent", "done", "error"):
+        commands.add_metric([result], b["commands"].get(result, 0))
+    yield from (up, restarts, drained, commands)
+    peer_up = _gauge("fwd_bgp_peer_up", "1 while the BGP session with the peer is established", ["peer"])
+    ups = _counter("fwd_bgp_peer_established", "times the session with the peer came up", ["peer"])
+    downs = _counter("fwd_bgp_peer_lost", "times an established session with the peer went down", ["peer"])
+    adv = _gauge("fwd_bgp_peer_routes", "VIP routes the peer was sent and not withdrawn", ["peer"])
+    for p in b["peers"]:
+        peer_up.add_metric([p["peer"]], p["up"])
+        ups.add_metric([p["peer"]], p["ups"])
+        downs.add_metric([p["peer"]], p["downs"])
+        adv.add_metric([p["peer"]], p["advertised"])
+    yield from (peer_up, ups, downs, adv)
+    wanted = _gauge("fwd_bgp_vip_announced", "1 when fwd wants the VIP announced, 0 when withdrawn", ["vip"])
+    peers = _gauge("fwd_bgp_vip_peers", "peers the VIP's route was sent to (and not withdrawn)", ["vip"])
+    for vip in b["vips"]:
+        wanted.add_metric([vip["vip"]], vip["announce"])
+        peers.add_metric([vip["vip"]], vip["peers"])
+    yield from (wanted, peers)
 
 
 def _bound(b: float) -> str:
