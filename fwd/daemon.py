@@ -118,12 +118,15 @@ class Daemon:
         *,
         notifier: Notifier | None = None,
         on_stats: Callable[[dict[str, Any]], None] | None = None,
+        health_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.opts = opts
         self.cfg = cfg
         self.log = log or logging.getLogger("fwd.daemon")
         self.notify = notifier or Notifier(log=self.log)
         self.on_stats = on_stats
+        # healthcheck.HealthChecker(on_change=...) unless given (the benchmark injects verdicts)
+        self.health_factory = health_factory
         self.overrides = Overrides()
         # BGP (a later issue) appends callables here: called on SIGTERM before the drain wait,
         # while the data plane still forwards. A callable may return an awaitable.
@@ -260,7 +263,7 @@ class Daemon:
             )
             await loop.run_in_executor(None, self.live.start)
             self._log_running()
-            self.hc = HealthChecker(on_change=self._on_verdict)
+            self.hc = (self.health_factory or HealthChecker)(on_change=self._on_verdict)
             self.hc.set_targets(self.targets())
             n = sum(1 for _ in self.hc.status())
             if n:
@@ -402,10 +405,13 @@ class Daemon:
             why.setdefault(ti, []).append((key, v, mono))
         if not changed:
             return
-        lists = {
-            ti: [self.effective_backend(self.cfg.tables[ti], b) for b in self.cfg.tables[ti].backends]
-            for ti in changed
-        }
+        # the running lists with only the changed backends replaced (O(changes), not O(backends))
+        lists = {ti: list(self.live.tables[ti].backends) for ti in changed}
+        for ti, items in why.items():
+            table = self.cfg.tables[ti]
+            for key, _, _ in items:
+                bi = self._index[key][1]
+                lists[ti][bi] = self.effective_backend(table, table.backends[bi])
         t0 = time.perf_counter()
         try:
             stats, gen = self.live.set_backends(lists)
@@ -440,7 +446,8 @@ class Daemon:
                         "generation": gen,
                     },
                 )
-        self.notify.status(self.status_line())
+        if self.notify.enabled:
+            self.notify.status(self.status_line())
 
     # ------------------------------------------------------------------------------------------
     # reloads

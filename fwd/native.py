@@ -7,6 +7,7 @@ NativeError with a message that says what was wrong.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,14 +117,36 @@ def table_new(seed: bytes, hash_key: bytes, glb_compat: bool) -> Any:
     return ffi.gc(ptr, lib.fwd_table_free)
 
 
-def table_set_backends(table: Any, backends: Sequence[BackendSpec]) -> UpdateStats:
+_SPEC_BYTES: dict[tuple[int, int, str, bool], bytes] = {}
+
+
+def _backend_spec_bytes(address: IPAddress, state: str, healthy: bool) -> bytes:
+    """One struct fwd_backend_spec as bytes, cached by plain ints (the daemon re-sends long, mostly
+    unchanged lists on every health verdict; filling them field by field costs milliseconds, and
+    so does hashing ipaddress objects)."""
+    key = (int(address), address.version, state, healthy)
+    raw = _SPEC_BYTES.get(key)
+    if raw is None:
+        spec = ffi.new("struct fwd_backend_spec *")
+        _fill_addr(spec.addr, address)
+        spec.state = STATES[state]
+        spec.healthy = 1 if healthy else 0
+        raw = bytes(ffi.buffer(spec))
+        if len(_SPEC_BYTES) >= 1 << 17:
+            _SPEC_BYTES.clear()
+        _SPEC_BYTES[key] = raw
+    return raw
+
+
+def table_set_backends(table: Any, backends: Sequence[Any]) -> UpdateStats:
+    """backends: BackendSpec or anything with address, state and healthy (fwd.config.Backend)."""
     if len(backends) > MAX_BACKENDS:
         raise NativeError(f"{len(backends)} backends: at most {MAX_BACKENDS} per table")
-    specs = ffi.new("struct fwd_backend_spec[]", max(1, len(backends)))
-    for spec, backend in zip(specs, backends, strict=False):
-        _fill_addr(spec.addr, backend.address)
-        spec.state = STATES[backend.state]
-        spec.healthy = 1 if backend.healthy else 0
+    if backends:
+        raw = b"".join(_backend_spec_bytes(b.address, b.state, bool(b.healthy)) for b in backends)
+        specs = ffi.from_buffer("struct fwd_backend_spec[]", bytearray(raw))
+    else:
+        specs = ffi.new("struct fwd_backend_spec[]", 1)
     stats = ffi.new("struct fwd_update_stats *")
     if lib.fwd_table_set_backends(table, specs, len(backends), stats) != 0:
         raise NativeError("fwd_table_set_backends rejected the backend list (duplicate address?)")
@@ -282,11 +305,18 @@ def _ifname(name: str) -> bytes:
     return raw
 
 
-def snapshot_set_nexthop(snap: Any, table: int, backend: int, nh: NextHopSpec) -> None:
+@functools.lru_cache(maxsize=1 << 12)
+def _nexthop_struct(ifindex: int, src_mac: bytes, dst_mac: bytes) -> Any:
+    """A struct fwd_nexthop (cached: every publication sets one per backend; the C side copies it)."""
     c = ffi.new("struct fwd_nexthop *")
-    c.ifindex = nh.ifindex
-    ffi.memmove(c.src_mac, nh.src_mac, 6)
-    ffi.memmove(c.dst_mac, nh.dst_mac, 6)
+    c.ifindex = ifindex
+    ffi.memmove(c.src_mac, src_mac, 6)
+    ffi.memmove(c.dst_mac, dst_mac, 6)
+    return c
+
+
+def snapshot_set_nexthop(snap: Any, table: int, backend: int, nh: NextHopSpec) -> None:
+    c = _nexthop_struct(nh.ifindex, bytes(nh.src_mac), bytes(nh.dst_mac))
     if lib.fwd_snapshot_set_nexthop(snap, table, backend, c) != 0:
         raise NativeError(f"fwd_snapshot_set_nexthop rejected table {table} backend {backend}")
 

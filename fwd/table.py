@@ -44,8 +44,8 @@ class ForwardingTable:
         return self._ptr
 
     def set_backends(self, backends: Sequence[BackendLike]) -> UpdateStats:
-        specs = [native.BackendSpec(b.address, b.state, bool(b.healthy)) for b in backends]
-        stats = native.table_set_backends(self._ptr, specs)
+        # native reads address, state and healthy of each: no per-call copy into BackendSpec objects
+        stats = native.table_set_backends(self._ptr, backends)
         self.backends = list(backends)
         self.last_update = stats
         return stats
