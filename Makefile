@@ -1,7 +1,7 @@
 # fwd — common tasks. `make test` works on a fresh machine (it runs setup first).
 PY := .venv/bin/python
 
-.PHONY: setup build test lint unit pcap-tests netns-tests bench bench-core bench-live bench-redirect bench-healthcheck example clean
+.PHONY: setup build test lint unit pcap-tests netns-tests bench bench-core bench-live bench-redirect bench-healthcheck bench-daemon example clean
 
 setup:
 	bash scripts/setup.sh
@@ -44,8 +44,14 @@ bench-redirect: setup
 bench-healthcheck: setup
 	$(PY) bench/bench_healthcheck.py
 
+# Health verdict -> new table used by the data plane, 1,000 backends (root: namespaces, XDP);
+# bench-report/daemon.md.
+bench-daemon: setup
+	$(MAKE) -C native/bpf
+	$(PY) bench/bench_daemon.py
+
 # All of them, then bench-report/README.md (core + live, with the chart).
-bench: bench-core bench-live bench-redirect bench-healthcheck
+bench: bench-core bench-live bench-redirect bench-healthcheck bench-daemon
 	$(PY) bench/bench_live.py --combine
 
 # The README's example: a capture run through the C core.
