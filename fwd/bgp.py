@@ -1037,12 +1037,15 @@ class BgpSpeaker:
         return {"event": "bgp", "vip": str(d.prefix), "announce": d.announce}
 
     def _settled(self) -> bool:
-        """ExaBGP acknowledged every command and every established peer was sent what we want:
-        no withdrawn prefix is still advertised to it, every announced one (of a family the
-        session carries) is."""
+        """Every established peer was sent what we want (ExaBGP acknowledged every command, no
+        withdrawn prefix is still advertised to the peer, every announced one of a family the
+        session carries is); true at once when no session is established."""
+        up = self._up_peers()
+        if not up:
+            return True  # a peer that comes up later gets ExaBGP's RIB as it is then
         if self._writer is None or self._unacked:
-            return self._writer is None and not self._up_peers()
-        for p in self._up_peers():
+            return False
+        for p in up:
             for v in self.vips.values():
                 s = str(v.prefix)
                 if not v.announce and s in p.advertised:
