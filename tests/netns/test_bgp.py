@@ -281,3 +281,36 @@ def test_sigterm_withdraws_before_the_data_plane_stops(topo, start_fwd, nginxes,
     assert withdrawn.start() < stopped < detached, log[-3000:]
     assert not tp.leftovers(topo), tp.leftovers(topo)
     print(f"route left BIRD {gone * 1000:.0f} ms after SIGTERM")
+
+
+def test_md5_password_and_reloads(topo, start_fwd, nginxes, bird, tmp_path):
+    """A TCP-MD5 session; a reload that changes the MED re-announces without touching the session,
+    one that changes the session (hold time) restarts ExaBGP and the route comes back."""
+    nginxes(topo)
+    r = bird(topo, password="s3cret")
+    toml = bgp_toml(topo, peer_extra='  password = "s3cret"')
+    d = Daemon(topo, start_fwd, toml, tmp_path / "ctl")
+    r.wait(both, 30, "the announcement over the MD5 session")
+    assert r.protocol_state("l4") == "Established"
+
+    d.config.write_text(toml.replace("med = 42", "med = 7"))
+    p = d.cli("reload", "--control-socket", d.sock)
+    assert p.returncode == 0 and "route attributes changed" in p.stdout, p.stdout + p.stderr
+    r.wait(lambda routes: "BGP.med: 7" in r.routes(detail=True).get(VIP4, ""), 10, "the new MED")
+    s = d.status()["bgp"]
+    assert s["peers"][0]["ups"] == 1 and s["exabgp"]["restarts"] == 0, s  # the session stayed
+
+    d.config.write_text(toml.replace("med = 42", "med = 7").replace(f"hold_time = {HOLD}", "hold_time = 4"))
+    p = d.cli("reload", "--control-socket", d.sock)
+    assert p.returncode == 0 and "ExaBGP restarts" in p.stdout, p.stdout + p.stderr
+    wait_status(
+        d, lambda s: s["peers"][0]["ups"] == 2 and s["peers"][0]["state"] == "up", 30, "the new session"
+    )
+    r.wait(both, 10, "the announcement after ExaBGP restarted")
+    assert d.status()["bgp"]["exabgp"]["restarts"] == 0  # asked for: not counted as a death
+    assert "restarting ExaBGP with the new configuration" in d.run.log()
+
+    d.config.write_text(toml.replace("s3cret", "wrong"))
+    p = d.cli("reload", "--control-socket", d.sock)
+    assert p.returncode == 0, p.stderr
+    r.wait(neither, 15, "the routes gone when the passwords differ")
