@@ -11,8 +11,12 @@ from lab import netns, render
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab", description="fwd's multi-tier lab")
-    ap.add_argument("--prefix", default=netns.DEFAULT_PREFIX, help="namespace name prefix (default %(default)s)")
-    ap.add_argument("--run-dir", type=Path, default=netns.DEFAULT_RUN_DIR, help="runtime directory (default %(default)s)")
+    ap.add_argument(
+        "--prefix", default=netns.DEFAULT_PREFIX, help="namespace name prefix (default %(default)s)"
+    )
+    ap.add_argument(
+        "--run-dir", type=Path, default=netns.DEFAULT_RUN_DIR, help="runtime directory (default %(default)s)"
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="build the lab in network namespaces and start every node")
     sub.add_parser("down", help="end every process of the lab, delete its namespaces and files")

@@ -61,7 +61,9 @@ class Http(asyncio.Protocol):
 
 async def serve(node: str, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Http(node.encode()), host, port, reuse_address=True, backlog=4096)
+    server = await loop.create_server(
+        lambda: Http(node.encode()), host, port, reuse_address=True, backlog=4096
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

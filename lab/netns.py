@@ -124,7 +124,9 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: flo
         except Exception as e:  # the condition is not there yet
             last_err = e
         if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:g} s waiting for {what}" + (f" ({last_err})" if last_err else ""))
+            raise LabError(
+                f"timed out after {timeout:g} s waiting for {what}" + (f" ({last_err})" if last_err else "")
+            )
         time.sleep(interval)
 
 
@@ -209,12 +211,15 @@ class NetnsLab:
 
     def check_configs(self) -> None:
         """The committed node files must be what lab/render.py writes (python -m lab render)."""
-        stale = [rel for rel, text in render.files(self.lab).items()
-                 if not (self.configs.parent / rel).is_file() or (self.configs.parent / rel).read_text() != text]  # fmt: skip
+        stale = [
+            rel
+            for rel, text in render.files(self.lab).items()
+            if not (self.configs.parent / rel).is_file() or (self.configs.parent / rel).read_text() != text
+        ]
         if stale:
             raise LabError(
-                f"{self.configs.parent}: {len(stale)} generated file(s) out of date ({', '.join(stale[:4])}...): "
-                "run `python -m lab render`"
+                f"{self.configs.parent}: {len(stale)} generated file(s) out of date "
+                f"({', '.join(stale[:4])}...): run `python -m lab render`"
             )
 
     def create(self) -> None:
@@ -222,7 +227,9 @@ class NetnsLab:
         self.check_configs()
         for name in netns_list():
             if name.startswith(self.prefix):
-                raise LabError(f"namespace {name} exists: a lab with prefix {self.prefix!r} is up (make lab-down)")
+                raise LabError(
+                    f"namespace {name} exists: a lab with prefix {self.prefix!r} is up (make lab-down)"
+                )
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for n in self.lab.nodes:
@@ -231,8 +238,21 @@ class NetnsLab:
                 self.run(n.name).mkdir(parents=True, exist_ok=True)
             for link in self.lab.links:
                 (a, a_if), (b, b_if) = link.a, link.b
-                sh("ip", "link", "add", a_if, "netns", self.ns(a), "type", "veth",
-                   "peer", "name", b_if, "netns", self.ns(b))  # fmt: skip
+                sh(
+                    "ip",
+                    "link",
+                    "add",
+                    a_if,
+                    "netns",
+                    self.ns(a),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    b_if,
+                    "netns",
+                    self.ns(b),
+                )
             for n in self.lab.nodes:
                 sh("sh", str(self.config(n.name) / "network.sh"), ns=self.ns(n.name))
             self.save_state()
@@ -251,9 +271,13 @@ class NetnsLab:
         with open(log, "ab") as f:
             p = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns(node), *argv],
-                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=str(REPO),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                cwd=str(REPO),
                 start_new_session=True,
-            )  # fmt: skip
+            )
         proc = Proc(node, step.name, argv, log, p, p.pid)
         self.procs[(node, step.name)] = proc
         self.save_state()
@@ -268,16 +292,22 @@ class NetnsLab:
             for r in self.lab.routers:
                 self.start_step(r.name, self.step(r.name, "bird"))
             for r in self.lab.routers:
-                wait_until(lambda r=r: self.birdc(r.name, "show status").find("Daemon is up") >= 0, 20,
-                           f"BIRD on {r.name}")  # fmt: skip
+                wait_until(
+                    lambda r=r: self.birdc(r.name, "show status").find("Daemon is up") >= 0,
+                    20,
+                    f"BIRD on {r.name}",
+                )
             self.log("routers: BIRD up")
             for n in self.lab.l7:
                 for s in render.steps(n):
                     self.start_step(n.name, s)
             for n in self.lab.l7:
                 for v in self.lab.vips:
-                    wait_until(lambda n=n, v=v: http_get(self.ns(n.name), n.lan_ip, 80, v.health_uri)[0] == 200,
-                               20, f"HAProxy and the app on {n.name} ({v.name})")  # fmt: skip
+                    wait_until(
+                        lambda n=n, v=v: http_get(self.ns(n.name), n.lan_ip, 80, v.health_uri)[0] == 200,
+                        20,
+                        f"HAProxy and the app on {n.name} ({v.name})",
+                    )
             self.log("L7 nodes: fwd-redirect attached, app and HAProxy up")
             for n in self.lab.l4:
                 self.start_fwd(n.name, wait=False)
@@ -334,8 +364,10 @@ class NetnsLab:
         state = {
             "prefix": self.prefix,
             "namespaces": self.namespaces,
-            "procs": [{"node": p.node, "name": p.name, "pid": p.pid, "argv": p.argv, "log": str(p.log)}
-                      for p in self.procs.values()],  # fmt: skip
+            "procs": [
+                {"node": p.node, "name": p.name, "pid": p.pid, "argv": p.argv, "log": str(p.log)}
+                for p in self.procs.values()
+            ],
         }
         (self.run_dir / "state.json").write_text(json.dumps(state, indent=1))
 
@@ -348,7 +380,9 @@ class NetnsLab:
             state = {}
         lab.namespaces = [n for n in state.get("namespaces", []) if n in netns_list()]
         for p in state.get("procs", []):
-            lab.procs[(p["node"], p["name"])] = Proc(p["node"], p["name"], p["argv"], Path(p["log"]), None, p["pid"])
+            lab.procs[(p["node"], p["name"])] = Proc(
+                p["node"], p["name"], p["argv"], Path(p["log"]), None, p["pid"]
+            )
         return lab
 
     # -- L4 nodes: fwd
@@ -399,19 +433,28 @@ class NetnsLab:
     def fwd_cli(self, node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """`fwd ARGS` inside node (with the node's control socket)."""
         env = {**os.environ, "FWD_CONTROL_SOCKET": self.fwd_socket(node)}
-        p = subprocess.run(["ip", "netns", "exec", self.ns(node), self.fwd, *args], capture_output=True,
-                           text=True, timeout=60, env=env)  # fmt: skip
+        p = subprocess.run(
+            ["ip", "netns", "exec", self.ns(node), self.fwd, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         if check and p.returncode != 0:
-            raise LabError(f"fwd {' '.join(args)} on {node}: exit {p.returncode}: {(p.stderr or p.stdout).strip()}")
+            raise LabError(
+                f"fwd {' '.join(args)} on {node}: exit {p.returncode}: {(p.stderr or p.stdout).strip()}"
+            )
         return p
 
     def node_pids(self, node: str) -> dict[int, str]:
-        """pid -> command name of every process in node's namespace."""
+        """pid -> command line of every live process in node's namespace (zombies left out)."""
         out = {}
         for pid in netns_pids(self.ns(node)):
             try:
-                out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            except OSError:
+                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+                if state not in ("Z", "X"):
+                    out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except (OSError, IndexError):
                 pass
         return out
 
@@ -458,8 +501,9 @@ class NetnsLab:
                     hops.add(self.lab.l4_of_next_hop(router, gw) or gw)
         return hops
 
-    def wait_routes(self, want: dict[str, set[str]], routers: Iterable[str] | None = None,
-                    timeout: float = 30) -> float:  # fmt: skip
+    def wait_routes(
+        self, want: dict[str, set[str]], routers: Iterable[str] | None = None, timeout: float = 30
+    ) -> float:
         """Wait until every router forwards each VIP to exactly the given L4 nodes; seconds taken."""
         routers = list(routers or [r.name for r in self.lab.routers])
         t0 = time.monotonic()
@@ -506,8 +550,10 @@ class NetnsLab:
 
         net, _, plen = prefix.partition("/")
         with NetNS(self.ns(router)) as ipr:
-            return any(r.get("RTA_DST") == net and r["dst_len"] == int(plen)
-                       for r in ipr.route("dump", family=socket.AF_INET))  # fmt: skip
+            return any(
+                r.get("RTA_DST") == net and r["dst_len"] == int(plen)
+                for r in ipr.route("dump", family=socket.AF_INET)
+            )
 
     def fwd_running(self, node: str) -> bool:
         p = self.procs.get((node, "fwd"))
@@ -536,9 +582,13 @@ class Traffic:
         self._log = open(log, "ab")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", lab.ns(t.CLIENT), lab.python, "-m", "lab.traffic"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=str(REPO),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            cwd=str(REPO),
             env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+        )
         self._lock = threading.Lock()
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         if '"ready"' not in line:

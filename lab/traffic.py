@@ -124,8 +124,14 @@ class Clients:
                 await self.exchange(c, reader, writer)
         except asyncio.CancelledError:
             pass
-        except (OSError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                TimeoutError, ValueError) as e:  # fmt: skip
+        except (
+            OSError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ValueError,
+        ) as e:
             if c.error is None:
                 c.error = f"{type(e).__name__}: {e}"
                 self.errors += 1
@@ -164,8 +170,11 @@ class Clients:
             await asyncio.sleep(0.002)  # no SYN burst
         await asyncio.gather(*firsts)
         mine = conns[-count:]
-        return {"opened": sum(1 for c in mine if c.error is None), "failed": [c.as_dict() for c in mine if c.error],
-                "served_by": _count(c.served_by for c in mine if c.error is None)}  # fmt: skip
+        return {
+            "opened": sum(1 for c in mine if c.error is None),
+            "failed": [c.as_dict() for c in mine if c.error],
+            "served_by": _count(c.served_by for c in mine if c.error is None),
+        }
 
     def report(self, batch: str) -> dict:
         conns = self.batches.get(batch, [])
