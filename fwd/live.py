@@ -496,9 +496,11 @@ class LiveDataplane:
                     try:
                         self._start_xdp()
                     except LiveError as e:
-                        self.fallback_reason = str(e)
+                        self.fallback_reason = str(e).removeprefix("xdp mode: ")
                         self._teardown_backend()
-                        self.log.warning("xdp mode unavailable (%s): falling back to raw sockets", e)
+                        self.log.warning(
+                            "xdp mode unavailable (%s): falling back to raw sockets", self.fallback_reason
+                        )
                         self._start_raw()
                 self._nh.start_watching()
             except BaseException:
