@@ -256,6 +256,10 @@ def test_node_drain_undrain_and_exabgp_restart(topo, start_fwd, nginxes, bird, t
     while alive(exa) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(exa), "ExaBGP outlived the killed fwd"
+    from fwd.bgp import sweep_runtime_dirs
+
+    d.run.proc.wait(5)  # reaped: its pid is gone, and with it the owner of its runtime directory
+    assert any(f"fwd-bgp-{d.run.pid}-" in x for x in sweep_runtime_dirs("/run")), "the killed fwd's directory"
 
 
 def test_sigterm_withdraws_before_the_data_plane_stops(topo, start_fwd, nginxes, bird, tmp_path):
