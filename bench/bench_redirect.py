@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import ipaddress
 import json
 import os
 import resource
@@ -112,12 +113,12 @@ def inner(sport: int) -> bytes:
     return bytes(IP(src=CLIENT4, dst=VIP4, id=0) / UDP(sport=sport, dport=PORT, chksum=0) / (b"B" * 36))
 
 
-def gue(payload: bytes) -> bytes:
+def gue(payload: bytes, src: str = GEN4, next_hop: int = 0) -> bytes:
     hops = [ipaddress_packed(HOP4)]
-    hdr = bytes([1 + len(hops), 4, 0, 0, 0, 0, 0, len(hops)]) + b"".join(hops)
+    hdr = bytes([1 + len(hops), 4, 0, 0, 0, 0, next_hop, len(hops)]) + b"".join(hops)
     return bytes(
         Ether(src=MAC_G, dst=MAC_R)
-        / IP(src=GEN4, dst=RCV4, id=0, flags="DF")
+        / IP(src=src, dst=RCV4, id=0, flags="DF")
         / UDP(sport=40000, dport=19523, chksum=0)
         / (hdr + payload)
     )
@@ -135,6 +136,70 @@ def trafgen_cfg(frames: list[bytes]) -> str:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def in_netns(ns: str, fn):
+    """fn() on a thread inside namespace ns; its result."""
+    box: dict = {}
+
+    def run():
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                box["error"] = OSError(ctypes.get_errno(), "setns")
+                return
+        finally:
+            os.close(fd)
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # handed back to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def tcp_inner(flags: str) -> bytes:
+    from scapy.layers.inet import TCP
+
+    return bytes(IP(src=CLIENT4, dst=VIP4, id=0) / TCP(sport=33000, dport=80, flags=flags))
+
+
+PATHS = {
+    # (frame, expected tc verdict): 0 OK (left alone or decapsulated), 2 SHOT, 7 REDIRECT
+    "not GUE (left to the kernel)": (lambda: bytes(Ether(src=MAC_G, dst=MAC_R, type=0x0800)) + inner(7), 0),
+    "GUE from outside --allow (dropped)": (lambda: gue(inner(7), src="10.95.0.9"), 2),
+    "decap, inner UDP": (lambda: gue(inner(7)), 0),
+    "decap, inner TCP SYN": (lambda: gue(tcp_inner("S")), 0),
+    "decap, TCP ACK, socket lookup, last hop": (lambda: gue(tcp_inner("A"), next_hop=1), 0),
+    "forward to the next hop, TCP ACK": (lambda: gue(tcp_inner("A")), 7),
+}
+
+
+def profile_paths(runs: int) -> dict[str, float]:
+    """ns per run of the program alone on each path: BPF_PROG_TEST_RUN in rcv, one frame per run,
+    timed by the kernel's BPF stats (the figures include the stats' own clock reads)."""
+    from fwd.redirect import RedirectProgram, Source
+
+    out = {}
+    with RedirectProgram() as prog:
+        prog.configure([ipaddress.ip_network(f"{GEN4}/32")], [Source(ipaddress.ip_address(RCV4), "fallback")])
+        pid = prog.state()["prog_id"]
+        ifindex = json.loads(ip("-j", "link", "show", "eth0", ns=NS_R))[0]["ifindex"]
+        for name, (build, verdict) in PATHS.items():
+            frame = build()
+            rc, _ = in_netns(NS_R, lambda f=frame: prog.run(f, ifindex))
+            if rc != verdict:
+                raise RuntimeError(f"profile: {name}: verdict {rc}, expected {verdict}")
+            t0, n0 = prog_stats(pid)
+            in_netns(NS_R, lambda f=frame: [prog.run(f, ifindex) for _ in range(runs)])
+            t1, n1 = prog_stats(pid)
+            out[name] = (t1 - t0) / max(1, n1 - n0)
+    return out
 
 
 def socket_in(ns: str) -> socket.socket:
@@ -221,7 +286,7 @@ def generate(variant: str, cfg: Path, seconds: float) -> Sample:
     return Sample(variant, t1 - t0, int(link["stats64"]["tx"]["packets"]), d1 - d0, c1 - c0, o1 - o0)
 
 
-def run(rounds: int, seconds: float) -> dict[str, list[Sample]]:
+def run(rounds: int, seconds: float) -> tuple[dict[str, list[Sample]], dict[str, float]]:
     tmp = Path(tempfile.mkdtemp(prefix="fwd-bench-redirect-"))
     plain = [bytes(Ether(src=MAC_G, dst=MAC_R, type=0x0800)) + inner(20000 + i) for i in range(16)]
     cfgs = {
@@ -237,6 +302,7 @@ def run(rounds: int, seconds: float) -> dict[str, list[Sample]]:
     stats_was = stats_knob.read_text().strip()
     stats_knob.write_text("1")  # the kernel measures the program's run time (restored below)
     try:
+        paths = profile_paths(2000)
         for r in range(rounds):
             for v in VARIANTS:
                 if v == "redirect":
@@ -269,10 +335,10 @@ def run(rounds: int, seconds: float) -> dict[str, list[Sample]]:
     finally:
         stats_knob.write_text(stats_was)
         sink.close()
-    return samples
+    return samples, paths
 
 
-def report(samples: dict[str, list[Sample]], seconds: float) -> str:
+def report(samples: dict[str, list[Sample]], paths: dict[str, float], seconds: float) -> str:
     med = {v: statistics.median(s.ns_per_pkt for s in ss) for v, ss in samples.items()}
     machine = {v: statistics.median(s.machine_ns_per_pkt for s in ss) for v, ss in samples.items()}
     mpps = {v: statistics.median(s.delivered / s.seconds / 1e6 for s in ss) for v, ss in samples.items()}
@@ -314,6 +380,13 @@ def report(samples: dict[str, list[Sample]], seconds: float) -> str:
         "Per round (ns CPU/packet): "
         + "; ".join(f"{v} " + ", ".join(f"{s.ns_per_pkt:.0f}" for s in ss) for v, ss in samples.items()),
         "",
+        "The program alone, per path (BPF_PROG_TEST_RUN, one frame per run, 2000 runs, timed by the "
+        "kernel's BPF stats, whose own clock reads are included):",
+        "",
+        "| path | ns per run |",
+        "|---|---:|",
+        *(f"| {name} | {ns:.0f} |" for name, ns in paths.items()),
+        "",
         "Absolute figures drift on a shared VM; the ratios come from one run.",
     ]
     return "\n".join(lines) + "\n"
@@ -333,10 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     try:
         build()
-        samples = run(a.rounds, a.seconds)
+        samples, paths = run(a.rounds, a.seconds)
     finally:
         destroy()
-    text = report(samples, a.seconds)
+    text = report(samples, paths, a.seconds)
     REPORT.mkdir(exist_ok=True)
     (REPORT / "redirect.md").write_text(text)
     print(text)
