@@ -726,18 +726,36 @@ def flow_frame(bind, i: int, src_mac: str, dst_mac: str, payload: bytes = b"") -
 
 
 def probe_frames(cfg, topo: Topology, tries: int = 400) -> list[tuple[str, bytes, object]]:
-    """One frame per (table, backend that some tried flow has as primary), with its Expected:
-    sending them exercises every next hop fwd must have resolved."""
-    out, seen = [], set()
-    for ti, t in enumerate(cfg.tables):
+    """One frame per (table, backend that a tried flow has as primary), with its Expected:
+    sending them exercises the next hops fwd must have resolved. Per table, clients are tried
+    until every healthy active/filling backend was a primary once (or `tries` ran out)."""
+    key = (cfg.to_toml(), tuple((b.ns, b.mac, tuple(b.addrs)) for b in topo.backends), tries)
+    if key not in _PROBES:
+        _PROBES[key] = _probe_frames(cfg, topo, tries)
+    return _PROBES[key]
+
+
+_PROBES: dict = {}
+
+
+def _probe_frames(cfg, topo: Topology, tries: int):
+    from tests.model.packet import expect
+
+    out = []
+    for t in cfg.tables:
         if not t.binds:
             continue
+        want = {i for i, b in enumerate(t.backends) if b.healthy and b.state in ("active", "filling")}
+        seen: set[int] = set()
         for i in range(tries):
+            if want <= seen:
+                break
             f = flow_frame(t.binds[0], i, Topology.CLIENT_MAC, Topology.L4_IN_MAC)
-            e = expect_live(f, cfg, topo)
-            if e.verdict == "forward" and (ti, e.primary) not in seen:
-                seen.add((ti, e.primary))
-                out.append((f"probe {t.name} -> backend {e.primary} ({t.backends[e.primary].address})", f, e))
+            e = expect(f, cfg)
+            if e.verdict == "forward" and e.primary not in seen:
+                seen.add(e.primary)
+                desc = f"probe {t.name} -> backend {e.primary} ({t.backends[e.primary].address})"
+                out.append((desc, f, expect_live(f, cfg, topo)))
     return out
 
 
