@@ -36,6 +36,12 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
+    from fwd.cli import _ctl  # the daemon's refusals become one `fwd: error:` line, status 1
+
+    return int(_ctl(lambda: _node(args)))
+
+
+def _node(args: argparse.Namespace) -> int:
     from fwd.ctl import _client
 
     who = f"fwd node {args.action} (uid {os.getuid()}, pid {os.getpid()})"

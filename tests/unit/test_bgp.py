@@ -633,3 +633,11 @@ def test_status_text_and_metrics():
     ):
         assert line in out, (line, out[-2000:])
     assert "fwd_bgp_" not in render(lambda: MetricsView()).decode()
+
+
+def test_node_cli_without_daemon_is_one_error_line(tmp_path, capsys):
+    from fwd.cli import main
+
+    assert main(["node", "drain", "--control-socket", str(tmp_path / "none.sock")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fwd: error: no fwd daemon at ") and err.count("\n") == 1, err
