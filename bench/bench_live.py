@@ -409,9 +409,11 @@ def write_report(res: Result, args) -> str:
             if res.generator_bound
             else ""
         )
+        sent = statistics.median(s.sent_pps for ss in res.at_rate.values() for s in ss)
         ratios.append(
             f"* fwd AF_XDP delivered ÷ no-op AF_XDP delivered, both offered the no-op's loss-free rate "
-            f"{res.loss_free_rate / 1e3:.0f} kpps: {a / 1e3:.0f} / {b / 1e3:.0f} kpps = **{a / b:.2f}** "
+            f"{res.loss_free_rate / 1e3:.0f} kpps (the generator sent {sent / 1e3:.0f} kpps): "
+            f"{a / 1e3:.0f} / {b / 1e3:.0f} kpps = **{a / b:.2f}** "
             f"(target ≥ 0.9; fwd's loss per round there: {losses}).{bound}"
         )
     for v in ("fwd-raw", "xsk-noop"):
