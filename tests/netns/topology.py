@@ -22,8 +22,7 @@ maps them into the topology's private ranges *checksum-neutrally* (the replaceme
 same 16-bit one's complement sum), so every checksum in a frame stays as valid or as broken
 as the golden set made it, and no length changes.
 
-Run as a module inside a namespace for the few jobs that need a whole process there:
-    python -m tests.netns.topology capture IFNAME OUT.pcap    (used by the benchmark)
+    python -m tests.netns.topology sweep     deletes namespaces left by dead test runs
 """
 
 from __future__ import annotations
@@ -668,38 +667,6 @@ def expect_live(frame: bytes, cfg, topo: Topology):
     return expect(frame, replace(cfg, node=node))
 
 
-# ----------------------------------------------------------------------------- module entry
-
-
-def _capture_main(ifname: str, out: str, seconds: float) -> None:
-    """Count (and optionally keep) frames on ifname until SIGTERM or `seconds`: used by the bench."""
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    s.bind((ifname, ETH_P_ALL))
-    s.settimeout(0.2)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    frames = 0
-    deadline = time.monotonic() + seconds
-    while not stop.is_set() and time.monotonic() < deadline:
-        try:
-            _, addr = s.recvfrom(65536)
-        except TimeoutError:
-            continue
-        if addr[2] != PACKET_OUTGOING:
-            frames += 1
-    Path(out).write_text(json.dumps({"frames": frames}))
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 4 and sys.argv[1] == "capture":
-        _capture_main(sys.argv[2], sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else 600)
-    elif len(sys.argv) == 2 and sys.argv[1] == "sweep":
-        print("\n".join(sweep_stale()))
-    else:
-        print(__doc__)
-        sys.exit(2)
-
-
 # ----------------------------------------------------------------------------- live helpers
 
 
@@ -823,3 +790,14 @@ def leftovers(topo: Topology) -> list[str]:
     if pids := netns_pids(topo.l4):
         problems.append(f"processes left in l4: {pids}")
     return problems
+
+
+# ----------------------------------------------------------------------------- module entry
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] == "sweep":
+        print("\n".join(sweep_stale()))
+    else:
+        print(__doc__)
+        sys.exit(2)
