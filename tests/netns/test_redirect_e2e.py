@@ -36,15 +36,18 @@ pytest.importorskip("scapy")
 MODE = "xdp"
 
 
+_counter = iter(range(1_000_000))
+
+
 @pytest.fixture
-def rig(netns_ok, tmp_path, request):
+def rig(netns_ok, tmp_path):
     for tool in ("nginx", "curl", "bridge", "tc"):
         if shutil.which(tool) is None and not (tool == "nginx" and rr.Path(rr.NGINX).exists()):
             msg = f"needs {tool}"
             if tp.os.environ.get("CI", "").lower() == "true":
                 pytest.fail(msg, pytrace=False)
             pytest.skip(msg)
-    topo = rr.RedirectTopology(prefix=f"{tp.prefix_for_run()}{request.node.name[:6]}r-")
+    topo = rr.RedirectTopology(prefix=f"{tp.prefix_for_run()}{next(_counter)}r-")
     try:
         topo.build(tmp_path)
         for i in range(topo.n_l7):

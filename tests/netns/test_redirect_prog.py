@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -261,6 +262,8 @@ def _build_rig(ns: str) -> None:
         ip("link", "set", name, "up", ns=ns)
         ip("link", "set", name + "p", "up", ns=ns)
     for k, v in (
+        ("net.ipv4.conf.all.rp_filter", 0),
+        ("net.ipv4.conf.v0.rp_filter", 0),
         ("net.ipv4.conf.v0.forwarding", 1),
         ("net.ipv6.conf.v0.forwarding", 1),
         ("net.ipv4.conf.v1.forwarding", 0),
@@ -573,6 +576,35 @@ def test_local_sockets_own_their_flows(rig):
             f"IPv{v} ICMP fwd"
         )
         assert out == expected_forward(f, dst, hop, (NEIGH_MAC, MAC0))
+
+
+def test_request_socket_owns_its_flow(rig):
+    """A SYN received by the rig's kernel leaves a request socket (SYN-ACK sent, no ACK yet): the
+    handshake's last ACK is taken here; the same ACK from another port goes on to the hop."""
+    half = "10.66.0.88"
+    tp.ip("route", "replace", f"{half}/32", "dev", "v0", ns=rig.ns)
+    tp.ip("neigh", "replace", half, "lladdr", NEIGH_MAC, "dev", "v0", "nud", "permanent", ns=rig.ns)
+    syn = bytes(
+        Ether(dst=MAC0, src=NEIGH_MAC) / IP(src=half, dst=VIP4) / TCP(sport=40000, dport=80, flags="S")
+    )
+    sender = tp.Sender(rig.ns, "v0p")
+    try:
+        sender.send(syn)
+    finally:
+        sender.close()
+    for _ in range(100):
+        if f"{half}:40000" in tp.sh("ss", "-Htn", "state", "syn-recv", ns=rig.ns):
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("the rig's kernel made no request socket for the SYN")
+    f = outer(L4_4, SELF4, gue_payload(tcp4(src=half, sport=40000), [HOP4]))
+    rc, out, delta = rig.run(f)
+    assert (rc, delta) == (TC_ACT_OK, {"rx": 1, "decap_socket": 1})
+    assert out == expected_decap(f)
+    f = outer(L4_4, SELF4, gue_payload(tcp4(src=half, sport=40001), [HOP4]))
+    rc, _, delta = rig.run(f)
+    assert (rc, delta) == (TC_ACT_REDIRECT, {"rx": 1, "forwarded": 1})
 
 
 def test_listener_without_cookie_is_not_an_owner(rig):
