@@ -11,6 +11,7 @@ L4 nodes each router's ECMP route for each VIP uses right now.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -68,9 +69,8 @@ class Sampler:
         routes = {}
         for r in self.lab.lab.routers:
             try:
-                routes[r.name] = {
-                    v.name: sorted(self.lab.routes(r.name, v.address)) for v in self.lab.lab.vips
-                }
+                table = self.lab.route_table(r.name)
+                routes[r.name] = {v.name: sorted(table.get(f"{v.address}/32", ())) for v in self.lab.lab.vips}
             except Exception:
                 routes[r.name] = None
         prev = self._prev
@@ -99,7 +99,7 @@ class Sampler:
         line.append(f"{c['errors']} broken", style="red bold" if c["errors"] else "green")
         l4 = Table(box=None, pad_edge=False, show_edge=False)
         l4.add_column("L4 node")
-        l4.add_column("fwd", justify="left")
+        l4.add_column("fwd")
         l4.add_column("packets/s", justify="right")
         for n in self.lab.lab.l4:
             rate = s["l4"].get(n.name)
@@ -114,22 +114,21 @@ class Sampler:
         l7.add_column("requests/s", justify="right")
         for n in self.lab.lab.l7:
             l7.add_row(n.name, f"{s['l7'].get(n.name, 0):.0f}")
-        rt = Table(box=None, pad_edge=False, show_edge=False)
-        rt.add_column("router")
-        for v in self.lab.lab.vips:
-            rt.add_column(f"{v.name} {v.address} → L4 nodes")
+        grid = Table.grid(padding=(0, 6))
+        grid.add_row(l4, l7)
+        routes = Text()
         for r in self.lab.lab.routers:
-            routes = s["routes"].get(r.name)
-            if routes is None:
-                rt.add_row(r.name, *["?" for _ in self.lab.lab.vips])
-            else:
-                rt.add_row(
-                    r.name,
-                    *[" ".join(routes[v.name]) or Text("none", style="red") for v in self.lab.lab.vips],
-                )
-        grid = Table.grid(padding=(0, 4))
-        grid.add_row(l4, l7, rt)
-        return Panel(Group(top, line, grid), title="fwd lab — live")
+            got = s["routes"].get(r.name)
+            routes.append(f"\n{r.name} ECMP: ")
+            if got is None:
+                routes.append("?", style="red")
+                continue
+            for v in self.lab.lab.vips:
+                hops = " ".join(got[v.name])
+                routes.append(f"{v.name} {v.address} → ")
+                routes.append(hops or "no route", style="" if hops else "red")
+                routes.append("   ")
+        return Panel(Group(top, line, grid, routes), title="fwd lab — live", expand=False)
 
 
 def results_table(outcomes: list[Outcome], background: dict | None) -> Table:
@@ -179,6 +178,8 @@ was reset, closed, silent for 30 s, or answered by another L7 node than before."
 
 def run_demo(prefix: str = netns.DEFAULT_PREFIX, run_dir: Path = netns.DEFAULT_RUN_DIR) -> int:
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=110)
     if os.geteuid() != 0:
         console.print("[red]make demo needs root[/red] (network namespaces, XDP, BGP on port 179)")
         return 1
@@ -200,11 +201,6 @@ def run_demo(prefix: str = netns.DEFAULT_PREFIX, run_dir: Path = netns.DEFAULT_R
         )
         lab.up()
         traffic = lab.traffic()
-        web = t.VIPS[0]
-        traffic.open("demo", BACKGROUND, web.address, web.port)
-        sampler = Sampler(lab, traffic)
-        sampler.sample()
-        sampler.start()
         current = {"text": "warming up"}
         plain = not console.is_terminal
 
@@ -215,29 +211,48 @@ def run_demo(prefix: str = netns.DEFAULT_PREFIX, run_dir: Path = netns.DEFAULT_R
             else:
                 console.print(f"  {text}")
 
-        with Live(
-            get_renderable=lambda: sampler.view(current["text"]),
-            console=console,
-            refresh_per_second=2,
-            transient=False,
-            auto_refresh=not plain,
-        ):
+        sc = Scenarios(lab, traffic, say=say)
+        web = t.VIPS[0]
+        sc.baseline()
+        sc.backend_all("deactivate", t.L7_NODES[-1])
+        traffic.open("demo", BACKGROUND, web.address, web.port)
+        console.print(
+            f"{BACKGROUND} connections stay open through the whole demo. They were opened while "
+            f"{t.L7_NODES[-1]} was out of rotation ('inactive'): taking a node out abruptly like that breaks "
+            "the connections on it — draining is the graceful way — and scenario 4 does it again."
+        )
+        sampler = Sampler(lab, traffic)
+        sampler.sample()
+        sampler.start()
+
+        live = (
+            contextlib.nullcontext()
+            if plain
+            else Live(
+                get_renderable=lambda: sampler.view(current["text"]), console=console, refresh_per_second=2
+            )
+        )
+        with live:
             time.sleep(3)
-            sc = Scenarios(lab, traffic, say=say)
-            for fn in (
-                sc.add_l4,
-                sc.remove_l4,
-                sc.kill_l4,
-                sc.add_l7,
-                sc.drain_l7,
-                sc.lose_router,
-                sc.no_healthy_backend,
-                sc.node_drain,
+            if plain:
+                console.print(sampler.view(current["text"]))
+            for i, fn in enumerate(
+                (
+                    sc.add_l4,
+                    sc.remove_l4,
+                    sc.kill_l4,
+                    sc.add_l7,
+                    sc.drain_l7,
+                    sc.lose_router,
+                    sc.no_healthy_backend,
+                    sc.node_drain,
+                ),
+                start=1,
             ):
                 try:
                     o = fn()
                 except Exception as e:  # the demo goes on; the scenario did not hold
-                    o = Outcome("!", fn.__name__.replace("_", " "))
+                    o = Outcome(str(i), fn.__name__.replace("_", " "))
                     o.check(f"ran to the end ({type(e).__name__}: {e})", False)
                 outcomes.append(o)
                 style = "green" if o.held else "red bold"
@@ -251,6 +266,8 @@ def run_demo(prefix: str = netns.DEFAULT_PREFIX, run_dir: Path = netns.DEFAULT_R
                     console.print(sampler.view(current["text"]))
             current["text"] = "done"
         background = traffic.report("demo")
+    except Exception as e:  # the lab did not come up, or broke: say why, clean up, fail
+        console.print(f"[red bold]the demo stopped: {type(e).__name__}: {e}[/red bold]")
     finally:
         if sampler is not None:
             sampler.stop()
@@ -259,6 +276,8 @@ def run_demo(prefix: str = netns.DEFAULT_PREFIX, run_dir: Path = netns.DEFAULT_R
         console.print("[bold]Tearing the lab down[/bold]…")
         lab.destroy()
     console.print(results_table(outcomes, background))
+    for c in (background or {}).get("broken", [])[:5]:
+        console.print(f"[red]broken background connection[/red] {c}")
     ok = (
         bool(outcomes)
         and all(o.held for o in outcomes)

@@ -187,6 +187,8 @@ class NetnsLab:
     log: Callable[[str], None] = field(default=lambda msg: None)
     procs: dict[tuple[str, str], Proc] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
+    _iprs: dict[str, Any] = field(default_factory=dict, repr=False)
+    _ipr_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- names and places
 
@@ -333,6 +335,11 @@ class NetnsLab:
     def destroy(self) -> list[str]:
         """End every process in the lab's namespaces, delete them and the runtime directory.
         Returns what was removed (namespaces)."""
+        with self._ipr_lock:
+            for ipr in self._iprs.values():
+                with contextlib.suppress(Exception):
+                    ipr.close()
+            self._iprs.clear()
         names = sorted(set(self.namespaces) | {n for n in netns_list() if n.startswith(self.prefix)})
         pids = {pid for ns in names for pid in netns_pids(ns)}
         pids |= {p.pid for p in self.procs.values() if p.alive()}
@@ -486,20 +493,29 @@ class NetnsLab:
                 out[f[0].replace("_", "-")] = f[5] if f[3] == "up" else f[3]
         return out
 
-    def routes(self, router: str, prefix: str) -> set[str]:
-        """The L4 nodes router's kernel forwards prefix (a /32) to: its next hops, by name."""
-        from pyroute2 import NetNS
+    def route_table(self, router: str) -> dict[str, set[str]]:
+        """router's kernel IPv4 routes (main table): {"PREFIX/LEN": next hops, by L4 node name where
+        the next hop is an L4 node}; dead next hops left out. One netlink socket per router, kept."""
+        from pyroute2 import IPRoute
 
-        hops: set[str] = set()
-        with NetNS(self.ns(router)) as ipr:
-            for r in ipr.route("dump", family=socket.AF_INET):
-                if r.get("RTA_DST") != prefix or r["dst_len"] != 32:
-                    continue
-                gws = [r.get("RTA_GATEWAY")] if r.get("RTA_GATEWAY") else []
-                gws += [nh.get("RTA_GATEWAY") for nh in r.get("RTA_MULTIPATH") or [] if not nh["flags"] & 1]
-                for gw in gws:
-                    hops.add(self.lab.l4_of_next_hop(router, gw) or gw)
-        return hops
+        with self._ipr_lock:
+            ipr = self._iprs.get(router)
+            if ipr is None:
+                ipr = self._iprs[router] = IPRoute(netns=self.ns(router))
+            dump = list(ipr.route("dump", family=socket.AF_INET))
+        out: dict[str, set[str]] = {}
+        for r in dump:
+            if r["table"] != 254 or not r.get("RTA_DST"):
+                continue
+            gws = [r.get("RTA_GATEWAY")] if r.get("RTA_GATEWAY") else []
+            gws += [nh.get("RTA_GATEWAY") for nh in r.get("RTA_MULTIPATH") or [] if not nh["flags"] & 1]
+            hops = {self.lab.l4_of_next_hop(router, gw) or gw for gw in gws if gw}
+            out.setdefault(f"{r.get('RTA_DST')}/{r['dst_len']}", set()).update(hops)
+        return out
+
+    def routes(self, router: str, vip: str) -> set[str]:
+        """The L4 nodes router's kernel forwards vip (a /32) to, by name."""
+        return self.route_table(router).get(f"{vip}/32", set())
 
     def wait_routes(
         self, want: dict[str, set[str]], routers: Iterable[str] | None = None, timeout: float = 30
@@ -509,7 +525,10 @@ class NetnsLab:
         t0 = time.monotonic()
 
         def ok() -> bool:
-            return all(self.routes(r, f"{vip}") == nodes for r in routers for vip, nodes in want.items())
+            tables = {r: self.route_table(r) for r in routers}
+            return all(
+                tables[r].get(f"{vip}/32", set()) == nodes for r in routers for vip, nodes in want.items()
+            )
 
         try:
             wait_until(ok, timeout, "the routers' routes", interval=0.1)
@@ -546,14 +565,7 @@ class NetnsLab:
                 sh("ip", "link", "set", i.name, "up", ns=self.ns(router))
 
     def has_route(self, router: str, prefix: str) -> bool:
-        from pyroute2 import NetNS
-
-        net, _, plen = prefix.partition("/")
-        with NetNS(self.ns(router)) as ipr:
-            return any(
-                r.get("RTA_DST") == net and r["dst_len"] == int(plen)
-                for r in ipr.route("dump", family=socket.AF_INET)
-            )
+        return prefix in self.route_table(router)
 
     def fwd_running(self, node: str) -> bool:
         p = self.procs.get((node, "fwd"))
