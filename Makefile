@@ -1,7 +1,7 @@
 # fwd — common tasks. `make test` works on a fresh machine (it runs setup first).
 PY := .venv/bin/python
 
-.PHONY: setup build test lint unit pcap-tests netns-tests bench bench-core bench-live bench-redirect bench-healthcheck bench-daemon example clean
+.PHONY: setup build test lint unit pcap-tests netns-tests bench bench-core bench-live bench-redirect bench-healthcheck bench-daemon example lab-up lab-down demo clean
 
 setup:
 	bash scripts/setup.sh
@@ -10,8 +10,8 @@ setup:
 build: setup
 
 lint: setup
-	.venv/bin/ruff check fwd healthcheck tests examples bench
-	.venv/bin/ruff format --check fwd healthcheck tests examples bench
+	.venv/bin/ruff check fwd healthcheck lab tests examples bench
+	.venv/bin/ruff format --check fwd healthcheck lab tests examples bench
 
 test: setup lint
 	$(PY) -m pytest -q tests
@@ -53,6 +53,19 @@ bench-daemon: setup
 # All of them, then bench-report/README.md (core + live, with the chart).
 bench: bench-core bench-live bench-redirect bench-healthcheck bench-daemon
 	$(PY) bench/bench_live.py --combine
+
+# The multi-tier lab (lab/, root: network namespaces): clients, two BIRD routers (ECMP), three L4
+# nodes (fwd + ExaBGP), four L7 nodes (HAProxy behind fwd-redirect). lab-down removes every
+# namespace, process and file of it. containerlab/ holds the same lab for Docker + containerlab.
+lab-up: setup
+	$(PY) -m lab up
+
+lab-down:
+	$(PY) -m lab down
+
+# The README's main job: the lab up, live traffic, every scenario explained, the results, down.
+demo: setup
+	$(PY) -m lab demo
 
 # The README's example: a capture run through the C core.
 example: setup

@@ -657,6 +657,8 @@ def node_summary(lab: Lab = LAB) -> list[tuple[str, str, str, str]]:
             addrs += ", lo " + " ".join(f"{v.address}/32" for v in lab.vips)
         if n.role == "client":
             addrs += f", lo {t.CLIENTS} (AnyIP)"
-        procs = ", ".join(s.name for s in render.steps(n)) or ("bridge br0" if n.role == "switch" else "-")
+        names = {"fwd": "fwd run (+ ExaBGP, its child)", "redirect": "fwd-redirect (tc, attached once)"}
+        procs = ", ".join(names.get(s.name, s.name) for s in render.steps(n))
+        procs = procs or ("bridge br0" if n.role == "switch" else "the traffic client, when driven")
         rows.append((n.name, n.role, addrs, procs))
     return rows

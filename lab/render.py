@@ -410,6 +410,7 @@ def clab_yml(lab: Lab) -> str:
         "    image: fwd-lab:latest",
         "    env:",
         "      LAB_RUN: /run/lab",
+        "      FWD_CONTROL_SOCKET: /run/lab/fwd.sock",
         "  nodes:",
     ]
     for n in lab.nodes:
@@ -421,9 +422,10 @@ def clab_yml(lab: Lab) -> str:
             "      exec:",
             "        - sh /lab/config/start.sh",
         ]
-    lines += ["", "  links:"]
+    lines += ["", "  links:  # MTU 1500 like the netns lab's veths (containerlab's default is 9500)"]
     for link in lab.links:
         lines.append(f'    - endpoints: ["{link.a[0]}:{link.a[1]}", "{link.b[0]}:{link.b[1]}"]')
+        lines.append("      mtu: 1500")
     return "\n".join(lines) + "\n"
 
 

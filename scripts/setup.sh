@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(gcc make libc6-dev iproute2 tcpdump tshark
               clang llvm libbpf-dev libxdp-dev libelf-dev pkg-config bpftool
               nftables ethtool netsniff-ng iputils-ping curl nginx-light openssl procps psmisc
-              bird2)
+              bird2 haproxy)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
