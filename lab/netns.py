@@ -187,6 +187,7 @@ class NetnsLab:
     log: Callable[[str], None] = field(default=lambda msg: None)
     procs: dict[tuple[str, str], Proc] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
+    fwd_pids: list[int] = field(default_factory=list)  # every fwd this lab started (ExaBGP's files)
     _iprs: dict[str, Any] = field(default_factory=dict, repr=False)
     _ipr_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -282,6 +283,8 @@ class NetnsLab:
             )
         proc = Proc(node, step.name, argv, log, p, p.pid)
         self.procs[(node, step.name)] = proc
+        if step.name == "fwd":
+            self.fwd_pids.append(p.pid)
         self.save_state()
         return proc
 
@@ -358,6 +361,11 @@ class NetnsLab:
                     p.popen.wait(5)
         for ns in names:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        # fwd keeps ExaBGP's files in /run/fwd-bgp-PID-*; one that was killed could not remove them
+        for pid in set(self.fwd_pids) | {p.pid for p in self.procs.values() if p.name == "fwd"}:
+            for d in Path("/run").glob(f"fwd-bgp-{pid}-*"):
+                shutil.rmtree(d, ignore_errors=True)
+        self.fwd_pids.clear()
         self.procs.clear()
         self.namespaces.clear()
         shutil.rmtree(self.run_dir, ignore_errors=True)

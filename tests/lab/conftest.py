@@ -82,9 +82,12 @@ def lab(tmp_path_factory):
             for p in sorted(run_dir.glob("*/*.log"))
             if p.is_file()
         }
+        fwd_pids = list(the_lab.fwd_pids)
         the_lab.destroy()
         left = [n for n in netns.netns_list() if n.startswith(the_lab.prefix)]
-        assert not left, f"namespaces left behind: {left}"
+        left += [str(d) for pid in fwd_pids for d in Path("/run").glob(f"fwd-bgp-{pid}-*")]
+        left += [str(run_dir)] if run_dir.exists() else []
+        assert not left, f"left behind: {left}"
         if os.environ.get("LAB_LOGS"):
             for rel, text in logs.items():
                 print(f"--- {rel}:\n{text}")
