@@ -171,6 +171,11 @@ class Forwarder:
             cfg.write_text(FWD_CONFIG)
             mode = self.name.split("-")[1]
             argv = [str(FWD), "run", "--config", str(cfg), "--interface", "eth0", "--mode", mode]
+            if (
+                "--control-socket"
+                in subprocess.run([str(FWD), "run", "--help"], capture_output=True, text=True).stdout
+            ):
+                argv += ["--control-socket", str(self.tmp / "fwd.sock")]  # other fwd runs may be going
             ready = "running: mode"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
