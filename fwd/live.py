@@ -708,25 +708,31 @@ class LiveDataplane:
         return self._gen
 
     def _set_nexthops(self, snap: Any) -> None:
-        """Every ranked backend gets its next hop; an unresolved one gets ifindex 0 (no_nexthop)."""
+        """Every backend gets its next hop; an unresolved one gets ifindex 0 (no_nexthop)."""
         unresolved = native.NextHopSpec(0, bytes(6), bytes(6))
+        specs: dict[IPAddress, native.NextHopSpec] = {}
+        entries = []
         for ti, table in enumerate(self.tables):
             for bi, b in enumerate(table.backends):
-                h = self.hops.get(b.address)
-                if h is not None and h.usable:
-                    assert h.src_mac is not None and h.dst_mac is not None
-                    spec = native.NextHopSpec(h.ifindex, h.src_mac, h.dst_mac)
-                    if h.mtu and self.cfg.node.mtu > h.mtu and h.ifname not in self._mtu_warned:
-                        self._mtu_warned.add(h.ifname)
-                        self.log.warning(
-                            "config mtu %d exceeds the MTU %d of %s: larger GUE frames will not leave",
-                            self.cfg.node.mtu,
-                            h.mtu,
-                            h.ifname,
-                        )
-                else:
-                    spec = unresolved
-                native.snapshot_set_nexthop(snap, ti, bi, spec)
+                spec = specs.get(b.address)
+                if spec is None:
+                    spec = specs[b.address] = self._spec_of(self.hops.get(b.address)) or unresolved
+                entries.append((ti, bi, spec))
+        native.snapshot_set_nexthops(snap, entries)
+
+    def _spec_of(self, h: NextHop | None) -> native.NextHopSpec | None:
+        if h is None or not h.usable:
+            return None
+        assert h.src_mac is not None and h.dst_mac is not None
+        if h.mtu and self.cfg.node.mtu > h.mtu and h.ifname not in self._mtu_warned:
+            self._mtu_warned.add(h.ifname)
+            self.log.warning(
+                "config mtu %d exceeds the MTU %d of %s: larger GUE frames will not leave",
+                self.cfg.node.mtu,
+                h.mtu,
+                h.ifname,
+            )
+        return native.NextHopSpec(h.ifindex, h.src_mac, h.dst_mac)
 
     def _on_nexthops(self, hops: dict[IPAddress, NextHop]) -> None:
         """From the next-hop thread: a backend's next hop changed."""

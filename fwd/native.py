@@ -138,13 +138,36 @@ def _backend_spec_bytes(address: IPAddress, state: str, healthy: bool) -> bytes:
     return raw
 
 
-def table_set_backends(table: Any, backends: Sequence[Any]) -> UpdateStats:
-    """backends: BackendSpec or anything with address, state and healthy (fwd.config.Backend)."""
+BACKEND_SPEC_SIZE = ffi.sizeof("struct fwd_backend_spec")
+
+
+def backend_specs(
+    backends: Sequence[Any], prev: Sequence[Any] | None = None, prev_raw: bytearray | None = None
+) -> bytearray:
+    """The struct fwd_backend_spec array of ``backends`` as bytes. Given the previous list and its
+    array, only the entries that differ are rebuilt (a health verdict changes one of 1,000)."""
+    if prev_raw is not None and prev is not None and len(prev) == len(backends):
+        raw = prev_raw
+        size = BACKEND_SPEC_SIZE
+        for i, (a, b) in enumerate(zip(prev, backends, strict=True)):
+            if a is b or (
+                a.address == b.address and a.state == b.state and bool(a.healthy) == bool(b.healthy)
+            ):
+                continue
+            raw[i * size : (i + 1) * size] = _backend_spec_bytes(b.address, b.state, bool(b.healthy))
+        return raw
+    return bytearray(b"".join(_backend_spec_bytes(b.address, b.state, bool(b.healthy)) for b in backends))
+
+
+def table_set_backends(table: Any, backends: Sequence[Any], raw: bytearray | None = None) -> UpdateStats:
+    """backends: BackendSpec or anything with address, state and healthy (fwd.config.Backend);
+    ``raw``: their backend_specs() when the caller keeps it."""
     if len(backends) > MAX_BACKENDS:
         raise NativeError(f"{len(backends)} backends: at most {MAX_BACKENDS} per table")
     if backends:
-        raw = b"".join(_backend_spec_bytes(b.address, b.state, bool(b.healthy)) for b in backends)
-        specs = ffi.from_buffer("struct fwd_backend_spec[]", bytearray(raw))
+        if raw is None:
+            raw = backend_specs(backends)
+        specs = ffi.from_buffer("struct fwd_backend_spec[]", raw)
     else:
         specs = ffi.new("struct fwd_backend_spec[]", 1)
     stats = ffi.new("struct fwd_update_stats *")
@@ -319,6 +342,21 @@ def snapshot_set_nexthop(snap: Any, table: int, backend: int, nh: NextHopSpec) -
     c = _nexthop_struct(nh.ifindex, bytes(nh.src_mac), bytes(nh.dst_mac))
     if lib.fwd_snapshot_set_nexthop(snap, table, backend, c) != 0:
         raise NativeError(f"fwd_snapshot_set_nexthop rejected table {table} backend {backend}")
+
+
+def snapshot_set_nexthops(snap: Any, entries: Sequence[tuple[int, int, NextHopSpec]]) -> None:
+    """Many (table, backend, next hop) at once; one C struct per distinct next hop."""
+    cache: dict[NextHopSpec, Any] = {}
+    set_one = lib.fwd_snapshot_set_nexthop
+    for table, backend, nh in entries:
+        c = cache.get(nh)
+        if c is None:
+            c = cache[nh] = ffi.new("struct fwd_nexthop *")
+            c.ifindex = nh.ifindex
+            ffi.memmove(c.src_mac, nh.src_mac, 6)
+            ffi.memmove(c.dst_mac, nh.dst_mac, 6)
+        if set_one(snap, table, backend, c) != 0:
+            raise NativeError(f"fwd_snapshot_set_nexthop rejected table {table} backend {backend}")
 
 
 def runtime_new() -> Any:

@@ -286,6 +286,11 @@ class NextHopResolver:
         """Ask the kernel to re-confirm neighbour entries in use that went STALE."""
         stale, self._stale = self._stale, set()
         for ifindex, neigh in stale:
+            # only entries STALE right now: NTF_USE also clears NUD_PERMANENT (Linux >= 5.16),
+            # and an administrator's permanent entry must stay as it is
+            _, state = await self._neighbour(ifindex, neigh)
+            if not state & NUD_STALE or state & (NUD_PERMANENT | NUD_NOARP):
+                continue
             family = socket.AF_INET if neigh.version == 4 else socket.AF_INET6
             with contextlib.suppress(NetlinkError):
                 await self._ipr.neigh(
