@@ -110,6 +110,9 @@ def helper_main(argv: list[str]) -> int:
     ap.add_argument("--mode", default="xdp")
     ap.add_argument("--profile", help="write cProfile statistics of the samples to this file")
     a = ap.parse_args(argv)
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks on demand, for diagnosis
     cfg = load_config(a.config)
     opts = DaemonOptions(a.config, ["eth0"], a.mode, stats_interval=0)
     daemon = Daemon(opts, cfg, notifier=Notifier(""), health_factory=InjectedVerdicts)
@@ -214,6 +217,9 @@ def main() -> int:
     ap.add_argument("--mode", default="xdp", choices=("xdp", "raw"))
     ap.add_argument("--report", default=str(REPORT))
     ap.add_argument("--profile", help="cProfile statistics of the daemon's side to this file")
+    ap.add_argument(
+        "--dynamic-neighbour", action="store_true", help="leave the gateway's neighbour entry to ARP"
+    )
     a, rest = ap.parse_known_args()
     if a.helper:  # the options both parsers know were taken by this one: hand them on
         return helper_main([*rest, "--mode", a.mode, *(["--profile", a.profile] if a.profile else [])])
@@ -229,7 +235,13 @@ def main() -> int:
     gen = None
     try:
         # every backend behind one gateway (be0): one neighbour, all next hops resolved
-        tp.ip("route", "add", str(NET), "via", topo.backend_addresses(0)[0][0], ns=topo.l4)
+        gw = topo.backend_addresses(0)[0][0]
+        tp.ip("route", "add", str(NET), "via", gw, ns=topo.l4)
+        # a permanent neighbour: no STALE/probe cycle, so the next-hop watcher stays quiet (with
+        # --dynamic-neighbour it re-resolves all backends on each neighbour event, see the report)
+        if not a.dynamic_neighbour:
+            mac = topo.backends[0].mac
+            tp.ip("neigh", "replace", gw, "lladdr", mac, "dev", "eth1", "nud", "permanent", ns=topo.l4)
         tmp = Path(tempfile.mkdtemp(prefix="fwd-bench-daemon-"))
         cfg = tmp / "fwd.toml"
         cfg.write_text(config(a.backends, tmp))

@@ -32,6 +32,7 @@ class ForwardingTable:
         self.glb_compat = glb_compat
         self._ptr = native.table_new(self.seed, self.hash_key, glb_compat)
         self.backends: list[BackendLike] = []
+        self._raw: bytearray | None = None
         self.last_update = self.set_backends(backends)
 
     @classmethod
@@ -44,8 +45,14 @@ class ForwardingTable:
         return self._ptr
 
     def set_backends(self, backends: Sequence[BackendLike]) -> UpdateStats:
-        # native reads address, state and healthy of each: no per-call copy into BackendSpec objects
-        stats = native.table_set_backends(self._ptr, backends)
+        # the spec array is kept and patched where the list differs from the previous one
+        raw = native.backend_specs(backends, self.backends, self._raw)
+        try:
+            stats = native.table_set_backends(self._ptr, backends, raw)
+        except native.NativeError:
+            self._raw = None  # patched for a list the table refused: rebuild next time
+            raise
+        self._raw = raw
         self.backends = list(backends)
         self.last_update = stats
         return stats

@@ -676,3 +676,31 @@ def test_verdicts_update_the_table(caplog):
     d.overrides.apply(key, "drain", "active")
     eff = d.effective_config(cfg).tables[0].backends
     assert (eff[1].state, eff[1].healthy) == ("draining", True)
+
+
+def test_patched_backend_specs_match_a_fresh_build():
+    """ForwardingTable keeps its spec array and patches only changed entries: any sequence of
+    updates gives the rows a table built from scratch gives."""
+    pytest.importorskip("fwd.native")
+    from fwd.config import Backend
+    from fwd.table import ForwardingTable
+
+    rng = __import__("random").Random(7)
+    base = [Backend(ipaddress.ip_address("10.1.0.0") + i) for i in range(40)]
+    t = ForwardingTable(b"s" * 16, b"k" * 16, False, base)
+    cur = list(base)
+    for _ in range(30):
+        i = rng.randrange(len(cur))
+        cur[i] = dataclasses.replace(
+            cur[i],
+            state=rng.choice(("active", "draining", "filling", "inactive")),
+            healthy=rng.random() < 0.7,
+        )
+        if rng.random() < 0.2:  # sometimes a new list object with equal, non-identical entries
+            cur = [dataclasses.replace(b) for b in cur]
+        t.set_backends(list(cur))
+        assert t.rows() == ForwardingTable(b"s" * 16, b"k" * 16, False, cur).rows()
+    with pytest.raises(Exception, match="duplicate"):
+        t.set_backends([*cur[:-1], cur[0]])
+    t.set_backends(cur)  # after a refusal the array is rebuilt, not patched from the refused one
+    assert t.rows() == ForwardingTable(b"s" * 16, b"k" * 16, False, cur).rows()
