@@ -60,8 +60,11 @@ def sh(*argv: str, ns: str | None = None, check: bool = True, timeout: float = 3
 
 
 def netns_list() -> list[str]:
-    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
-    return [e["name"] for e in json.loads(out)] if out.strip() else []
+    """Named network namespaces (those `ip netns` manages: /run/netns/NAME)."""
+    try:
+        return sorted(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return []
 
 
 def netns_pids(ns: str) -> list[int]:
@@ -542,7 +545,13 @@ class NetnsLab:
             wait_until(ok, timeout, "the routers' routes", interval=0.1)
         except LabError:
             have = {r: {vip: sorted(self.routes(r, vip)) for vip in want} for r in routers}
-            raise LabError(f"routes: want {want}, have {have}") from None
+            bgp = {}
+            for r in routers:
+                try:
+                    bgp[r] = self.bgp_states(r)
+                except Exception as e:  # BIRD is down: say so
+                    bgp[r] = str(e)[:200]
+            raise LabError(f"routes: want {want}, have {have}; BGP sessions: {bgp}") from None
         return time.monotonic() - t0
 
     def router_lose(self, router: str) -> None:
