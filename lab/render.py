@@ -164,7 +164,9 @@ def bird_conf(lab: Lab, router: Node) -> str:
     l4 = lab.l4
     lines = [
         f"# BIRD 2 configuration of router {router.name}; {GENERATED}.",
-        f"# It learns each VIP from every L4 node that announces it ({VIP_ROUTES} routes) and installs one",
+        "# It learns each VIP over BGP from every L4 node that announces it and installs one"
+        if VIP_ROUTES == "bgp"
+        else "# It has static routes for each VIP to every L4 node (a stand-in for BGP) and installs one",
         "# ECMP route per VIP into the kernel (merge paths); the kernel hashes flows over the L4 nodes",
         "# on the 5-tuple (net.ipv4.fib_multipath_hash_policy=1, set by network.sh).",
         "",
