@@ -21,23 +21,19 @@ Refusals (not privileged, interface missing, back end unavailable) raise LiveErr
 
 from __future__ import annotations
 
-import array
 import contextlib
-import fcntl
 import ipaddress
 import json
 import logging
 import os
 import re
 import shutil
-import socket
-import struct
 import subprocess
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -55,6 +51,8 @@ STEER_OBJECT = Path(__file__).resolve().parent / "bpf" / "steer.bpf.o"
 NFT_TABLE = "fwd_raw"
 NFT_PRIORITY = -500
 NEXTHOP_WAIT = 1.0  # seconds start() waits for neighbour resolution before the first snapshot
+
+T = TypeVar("T")
 
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
@@ -117,10 +115,6 @@ class Interface:
 IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
 
 
-ETHTOOL_GCHANNELS = 0x3C
-SIOCETHTOOL = 0x8946
-
-
 def rx_queues_in_use(name: str, ifindex: int, mac: str | None, allocated: int) -> int:
     """Rx queues the interface uses (not the ones allocated: a default veth allocates one per CPU
     and uses one). /sys/class/net/IF/queues when that sysfs belongs to this network namespace,
@@ -136,18 +130,71 @@ def rx_queues_in_use(name: str, ifindex: int, mac: str | None, allocated: int) -
                 return n
     except (OSError, ValueError):
         pass
-    req = struct.pack("=9I", ETHTOOL_GCHANNELS, *([0] * 8))
-    buf = array.array("B", req)
-    ifr = struct.pack("16sP", name.encode(), buf.buffer_info()[0])
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifr)
-        rx, combined = struct.unpack_from("=9I", buf)[5], struct.unpack_from("=9I", buf)[8]
-        if rx + combined:
-            return rx + combined
-    except OSError:
+        ch = _in_thread(lambda: _ethtool(lambda e: e.get_channels(name)))
+        if ch.rx_count + ch.combined_count:
+            return int(ch.rx_count + ch.combined_count)
+    except Exception:  # no ethtool channel support: fall back
         pass
     return max(1, allocated)
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    """fn() on a thread of its own: pyroute2's sync API must not meet a running (uv)loop."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="fwd-ethtool", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
+def _ethtool(fn: Callable[[Any], T]) -> T:
+    from pyroute2.ethtool import Ethtool
+
+    e = Ethtool()
+    try:
+        return fn(e)
+    finally:
+        e.close()
+
+
+# Receive offloads that merge frames before an AF_PACKET tap sees them.
+MERGING_OFFLOADS = ("rx-gro", "rx-gro-hw", "rx-lro", "rx-gro-list")
+
+
+def offloads_off(name: str) -> list[str]:
+    """Turn off the merging receive offloads of an interface; returns those that were on."""
+
+    def go(e: Any) -> list[str]:
+        feats = e.get_features(name)
+        on = [k for k in MERGING_OFFLOADS if k in feats.features and feats.features[k].enable]
+        if on:
+            for k in on:
+                feats.features[k].enable = False
+            e.set_features(name, feats)
+        return on
+
+    return _in_thread(lambda: _ethtool(go))
+
+
+def offloads_on(name: str, features: Sequence[str]) -> None:
+    def go(e: Any) -> None:
+        feats = e.get_features(name)
+        for k in features:
+            if k in feats.features:
+                feats.features[k].enable = True
+        e.set_features(name, feats)
+
+    _in_thread(lambda: _ethtool(go))
 
 
 def interfaces_info(names: Sequence[str]) -> list[Interface]:
@@ -468,6 +515,7 @@ class LiveDataplane:
         self._started = False
         self._stopped = False
         self._mtu_warned: set[str] = set()
+        self._offloads: dict[str, list[str]] = {}  # receive offloads raw mode turned off
 
     # -- start -----------------------------------------------------------------------------
 
@@ -553,6 +601,24 @@ class LiveDataplane:
     def _start_raw(self) -> None:
         nft = NftGuard(self.interfaces, self.log)
         nft.check_owner()  # before any socket: a second fwd must not forward a single frame
+        for iface in self.interfaces:
+            # GRO/LRO merge TCP segments before the tap: fwd would see 64 KiB frames that do not
+            # fit the MTU once encapsulated. Off while fwd runs, back on at stop.
+            try:
+                was_on = offloads_off(iface.name)
+            except Exception as e:
+                self.log.warning(
+                    "raw: %s: cannot turn off GRO/LRO (%s): merged frames may be refused", iface.name, e
+                )
+                continue
+            if was_on:
+                self._offloads[iface.name] = was_on
+                self.log.info(
+                    "raw: %s: turned off %s (frames must reach fwd as they were on the wire); "
+                    "turned back on at stop",
+                    iface.name,
+                    ", ".join(was_on),
+                )
         rt = native.runtime_new()
         self._rt = rt
         try:
@@ -848,6 +914,13 @@ class LiveDataplane:
                     self._nft.remove()
                 except LiveError as e:
                     errors.append(str(e))
+            for name, features in self._offloads.items():
+                try:
+                    offloads_on(name, features)
+                    self.log.info("raw: %s: turned %s back on", name, ", ".join(features))
+                except Exception as e:  # the interface may be gone
+                    errors.append(f"{name}: cannot turn {', '.join(features)} back on: {e}")
+            self._offloads.clear()
             for name, st in self._steers.items():
                 native.steer_detach(st)
                 self.log.info("xdp: steering program detached from %s", name)
