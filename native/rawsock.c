@@ -58,6 +58,7 @@
 struct raw_port {
 	int rx_fd, tx_fd;
 	int ifindex;
+	char ifname[IF_NAMESIZE];
 	uint32_t fanout_id;
 	uint8_t *ring;
 	size_t ring_len;
@@ -96,6 +97,26 @@ static void raw_read_stats(struct raw_port *rp, struct fwd_port_stats *ps)
 	/* reading resets the kernel's counters: accumulate */
 	if (getsockopt(rp->rx_fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0)
 		ps->kernel_drops += st.tp_drops;
+}
+
+/*
+ * The socket reported an error (ENETDOWN when its interface went down or
+ * away). Reading SO_ERROR clears it, or poll() would return at once forever.
+ * A link that is only down is waited for (the kernel re-hooks the socket,
+ * fanout included, when it comes up); an interface that is gone ends the
+ * worker.
+ */
+static int raw_sock_error(struct raw_port *rp)
+{
+	int soerr = 0;
+	socklen_t len = sizeof(soerr);
+
+	getsockopt(rp->rx_fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
+	if ((int)if_nametoindex(rp->ifname) != rp->ifindex)
+		return -1;
+	if (soerr)
+		poll(NULL, 0, FWD_POLL_MS);   /* link down: no frames will come for a while */
+	return 0;
 }
 
 /* Send the burst; a frame the kernel refuses (full, MTU, link down) is counted and skipped. */
@@ -169,6 +190,8 @@ static int raw_poll(struct fwd_worker *w, const struct fwd_snapshot *s)
 
 			ps->wakeups++;
 			if (poll(&pfd, 1, FWD_POLL_MS) < 0 && errno != EINTR)
+				return -1;
+			if ((pfd.revents & POLLERR) && raw_sock_error(rp) < 0)
 				return -1;
 			if (!(__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)) {
 				raw_read_stats(rp, ps);
@@ -315,6 +338,7 @@ static int raw_port_open(struct fwd_runtime *rt, const struct fwd_raw_config *cf
 	rp->ifindex = (int)if_nametoindex(ifn);
 	if (!rp->ifindex)
 		return RAW_FAIL("interface %s does not exist", ifn);
+	snprintf(rp->ifname, sizeof(rp->ifname), "%s", ifn);
 
 	rp->msgs = calloc(rp->batch, sizeof(*rp->msgs));
 	rp->iov = calloc(rp->batch, sizeof(*rp->iov));
