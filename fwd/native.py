@@ -347,11 +347,14 @@ def snapshot_set_nexthop(snap: Any, table: int, backend: int, nh: NextHopSpec) -
 def snapshot_set_nexthops(snap: Any, entries: Sequence[tuple[int, int, NextHopSpec]]) -> None:
     """Many (table, backend, next hop) at once; one C struct per distinct next hop."""
     cache: dict[NextHopSpec, Any] = {}
+    by_id: dict[int, Any] = {}  # the entries hold their specs: ids are stable during the call
     set_one = lib.fwd_snapshot_set_nexthop
     for table, backend, nh in entries:
-        c = cache.get(nh)
+        c = by_id.get(id(nh))
         if c is None:
-            c = cache[nh] = ffi.new("struct fwd_nexthop *")
+            c = by_id[id(nh)] = cache.get(nh)
+        if c is None:
+            c = cache[nh] = by_id[id(nh)] = ffi.new("struct fwd_nexthop *")
             c.ifindex = nh.ifindex
             ffi.memmove(c.src_mac, nh.src_mac, 6)
             ffi.memmove(c.dst_mac, nh.dst_mac, 6)

@@ -90,11 +90,14 @@ static void *worker_main(void *arg)
 		uint64_t g = atomic_load_explicit(&rt->gen, memory_order_acquire);
 		const struct fwd_snapshot *s = atomic_load_explicit(&rt->current, memory_order_acquire);
 
+		/* Acknowledge at the batch boundary, before polling: the previous batch is done with
+		 * every older snapshot, and an idle poll() (up to FWD_POLL_MS) must not delay the ack
+		 * of a snapshot published while it slept by one more idle period. */
+		atomic_store_explicit(&w->acked_gen, g, memory_order_release);
 		if (w->ops->poll(w, s) < 0) {
 			atomic_store_explicit(&w->failed, 1, memory_order_release);
 			break;
 		}
-		atomic_store_explicit(&w->acked_gen, g, memory_order_release);
 	}
 	return NULL;
 }
