@@ -297,8 +297,17 @@ class Daemon:
             self.cfg.format,
             extra={"event": "start", "mode": live.mode_used, "workers": nworkers},
         )
-        for hop in live.hops.values():
+        hops = list(live.hops.values())
+        for hop in hops[:16]:
             self.log.info("next hop %s", hop.describe())
+        if len(hops) > 16:
+            bad = sum(1 for h in hops if not h.usable)
+            self.log.info(
+                "next hops: %d more backends (%d of all %d unresolved; fwd status --json lists each)",
+                len(hops) - 16,
+                bad,
+                len(hops),
+            )
 
     async def _start_metrics(self) -> None:
         addr = self.metrics_address
@@ -733,6 +742,7 @@ class Daemon:
         live = self.live
         c = live.counters()
         health = self._health_status()
+        hops = live.hops
         tables = []
         bind_index = 0
         for ti, t in enumerate(self.cfg.tables):
@@ -780,6 +790,7 @@ class Daemon:
                         "bytes": by,
                         "pps": round(pps, 1),
                         "bps": round(bps, 1),
+                        "next_hop": hops[b.address].describe() if b.address in hops else None,
                     }
                 )
             tables.append(
