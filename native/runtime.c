@@ -2,10 +2,10 @@
  * runtime.c - the live data plane's threads and its snapshot publication.
  *
  * The control thread publishes a snapshot with one atomic pointer store (and
- * a generation number). Each worker reads generation then pointer at the
- * start of a burst, uses that snapshot for the whole burst, then stores the
- * generation it read as acknowledged: from then on it can no longer hold an
- * older snapshot. A retired snapshot is freed once every running worker
+ * a generation number). At each batch boundary a worker reads generation then
+ * pointer and stores the generation as acknowledged: its previous burst is
+ * done, and the burst it starts uses that snapshot (or a newer one), so from
+ * then on it can no longer hold an older snapshot. A retired snapshot is freed once every running worker
  * acknowledged a generation at least as new as the one that replaced it -
  * an RCU-style grace period without any lock or atomic read-modify-write on
  * the packet path.
