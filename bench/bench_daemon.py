@@ -27,6 +27,7 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -332,6 +333,7 @@ def main() -> int:
         helper.stdin.write("quit\n")
         helper.stdin.flush()
         helper.wait(60)
+        shutil.rmtree(tmp, ignore_errors=True)  # kept when something failed: daemon.log says why
     finally:
         if gen is not None:
             gen.kill()
