@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, NoReturn
 
-from fwd.config import Config, ConfigError, Table, load_config
+from fwd.config import Config, ConfigError, Table, bind_json, load_config
 
 IPAddress = IPv4Address | IPv6Address
 ROWS = 65536
@@ -511,19 +511,6 @@ def _render(rows: Sequence[Sequence[object]], right: set[int] | None = None, ind
     return out
 
 
-def _bind_json(cfg: Config, index: int) -> dict[str, object]:
-    ti, b = cfg.all_binds()[index]
-    return {
-        "index": index,
-        "table": cfg.tables[ti].name,
-        "prefix": str(b.prefix),
-        "proto": b.proto,
-        "port_lo": b.port_lo,
-        "port_hi": b.port_hi,
-        "hash_fields": list(b.hash_fields),
-    }
-
-
 def _ports(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
@@ -588,7 +575,7 @@ def cmd_pcap(args: argparse.Namespace) -> int:
         "verdicts": dict(c.verdicts),
         "drops": dict(c.drops),
         "icmp_replies": c.icmp_replies,
-        "binds": [{**_bind_json(cfg, i), "packets": pk, "bytes": by} for i, (pk, by) in enumerate(c.binds)],
+        "binds": [{**bind_json(cfg, i), "packets": pk, "bytes": by} for i, (pk, by) in enumerate(c.binds)],
         "backends": [
             {
                 "table": cfg.tables[ti].name,
@@ -700,7 +687,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     out = {
         "table": table.name if table else None,
         "table_index": table_index,
-        "bind": _bind_json(cfg, bind_index) if bind_index is not None else None,
+        "bind": bind_json(cfg, bind_index) if bind_index is not None else None,
         "row": res.row if matched else None,
         "flow_hash": f"0x{res.flow_hash:016x}" if matched else None,
         "primary": backend(res.primary),
@@ -792,7 +779,7 @@ def cmd_table_show(args: argparse.Namespace) -> int:
                 "glb_compat": t.glb_compat,
                 "rows": ROWS,
                 "rows_without_backend": ROWS - sum(p for p, _ in owned),
-                "binds": [_bind_json(cfg, first + i) for i in range(len(t.binds))],
+                "binds": [bind_json(cfg, first + i) for i in range(len(t.binds))],
                 "backends": [
                     {
                         "index": bi,

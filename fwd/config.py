@@ -48,6 +48,7 @@ __all__ = [
     "Daemon",
     "LOG_FORMATS",
     "Node",
+    "bind_json",
     "describe_bind",
     "parse_metrics_address",
     "Table",
@@ -732,6 +733,20 @@ def parse_metrics_address(text: str, allow_port_zero: bool = False) -> tuple[str
     if not (port_s.isascii() and port_s.isdigit()) or not lowest <= int(port_s) <= 65535:
         raise ValueError(f"{json.dumps(text)}: bad port {json.dumps(port_s)} (want 1..65535)")
     return str(addr), int(port_s)
+
+
+def bind_json(cfg: Config, index: int) -> dict[str, object]:
+    """Bind number `index` (global, in config order) as plain JSON values, for CLI and API output."""
+    ti, b = cfg.all_binds()[index]
+    return {
+        "index": index,
+        "table": cfg.tables[ti].name,
+        "prefix": str(b.prefix),
+        "proto": b.proto,
+        "port_lo": b.port_lo,
+        "port_hi": b.port_hi,
+        "hash_fields": list(b.hash_fields),
+    }
 
 
 def describe_bind(b: Bind) -> str:

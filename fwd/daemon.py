@@ -43,7 +43,7 @@ from typing import Any
 
 from fwd import __version__
 from fwd.api import ApiError, ControlServer
-from fwd.config import Backend, Config, ConfigError, Table, describe_bind, load_config
+from fwd.config import Backend, Config, ConfigError, Table, bind_json, describe_bind, load_config
 from fwd.logs import use_format
 from fwd.metrics import CheckView, MetricsServer, MetricsView
 from fwd.notify import Notifier
@@ -927,7 +927,7 @@ class Daemon:
         return {
             "table": tbl.name if tbl else None,
             "table_index": t_index,
-            "bind": _bind_json(cfg, bind_index) if bind_index is not None else None,
+            "bind": bind_json(cfg, bind_index) if bind_index is not None else None,
             "row": res.row if matched else None,
             "flow_hash": f"0x{res.flow_hash:016x}" if matched else None,
             "primary": backend(res.primary),
@@ -1083,19 +1083,6 @@ def _health_json(hs: Any, checked: bool) -> dict[str, Any]:
             }
             for p in hs.checks
         ],
-    }
-
-
-def _bind_json(cfg: Config, index: int) -> dict[str, Any]:
-    ti, b = cfg.all_binds()[index]
-    return {
-        "index": index,
-        "table": cfg.tables[ti].name,
-        "prefix": str(b.prefix),
-        "proto": b.proto,
-        "port_lo": b.port_lo,
-        "port_hi": b.port_hi,
-        "hash_fields": list(b.hash_fields),
     }
 
 
