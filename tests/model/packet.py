@@ -8,6 +8,8 @@ is verified independently with inet_checksum().
 
 Where the spec does not fix the answer, Expected.ambiguous says why (the
 verdict given is then only the model's best guess; tests do not compare it).
+docs/packet-core.md's "Edge cases" table now fixes every case the model once
+left open; the model follows it (each such line cites the table).
 """
 
 from __future__ import annotations
@@ -63,11 +65,6 @@ def _pass(note: str = "") -> None:
 
 def _drop(reason: str, note: str = "", **kw) -> None:
     raise _Done(Expected("drop", reason, note=note, **kw))
-
-
-def _ambiguous(why: str, best_guess: Expected) -> None:
-    best_guess.ambiguous = why
-    raise _Done(best_guess)
 
 
 def u16(b: bytes, off: int) -> int:
@@ -136,17 +133,16 @@ def walk_ext(pkt: bytes, nh: int, off: int):
     """Walk IPv6 extension headers from `off` (bounded by len(pkt)).
 
     Returns (upper-layer protocol, its offset, fragment identification or None), or
-    raises ValueError("too_long") / ValueError("past_end") / ValueError("ninth_truncated").
+    raises ValueError("too_long") / ValueError("past_end").
     """
     count = 0
     frag_id = None
     while nh in IPV6_EXT:
         count += 1
         if count > MAX_EXT:
-            # the 9th header: "more -> bad_ipv6" is clear when it is complete; when it also
-            # runs past the packet the spec does not say which check comes first
-            hl = 8 if nh == 44 else ((pkt[off + 1] + 1) * 8 if off + 2 <= len(pkt) else 8)
-            raise ValueError("ninth_truncated" if off + hl > len(pkt) else "too_long")
+            # the 9th header, complete or not: edge cases, "a 9th IPv6 extension header that
+            # also runs past the packet -> bad_ipv6 (the count is checked first)"
+            raise ValueError("too_long")
         if nh == 44:  # fragment header: fixed 8 bytes
             if off + 8 > len(pkt):
                 raise ValueError("past_end")
@@ -234,11 +230,6 @@ def _classify(frame: bytes, cfg: ModelConfig):
         except ValueError as e:
             if str(e) == "too_long":
                 _drop("bad_ipv6", "more than 8 extension headers")
-            if str(e) == "ninth_truncated":
-                _ambiguous(
-                    "9th extension header also runs past the packet: bad_ipv6 or truncated?",
-                    Expected("drop", "bad_ipv6"),
-                )
             _drop("truncated", "extension header runs past the packet")
         is_frag = frag_id is not None
         frag_hint = (frag_id or 0) & 0xFFFF
@@ -274,9 +265,9 @@ def _classify(frame: bytes, cfg: ModelConfig):
 
     echo_type, error_type = (8, 3) if etype == ETH_IPV4 else (128, 2)
     if is_frag:
-        _ambiguous("fragmented ICMP: the fragment rule names TCP/UDP only", Expected("pass"))
+        _pass("fragmented ICMP (edge cases: PASS)")
     if len(l4) == 0:
-        _ambiguous("ICMP with no header bytes: type unknown", Expected("drop", "truncated"))
+        _drop("truncated", "ICMP with no header bytes (edge cases)")
     icmp_type = l4[0]
     if icmp_type == echo_type:
         if not cfg.node.forward_icmp_echo:
@@ -288,10 +279,7 @@ def _classify(frame: bytes, cfg: ModelConfig):
     if icmp_type != error_type:
         _pass(f"ICMP type {icmp_type}")
     if len(l4) < 8:
-        _ambiguous(
-            "ICMP error shorter than its 8-byte header: bad_icmp or truncated?",
-            Expected("drop", "bad_icmp"),
-        )
+        _drop("bad_icmp", "ICMP error shorter than its 8-byte header (edge cases)")
     return ctx, _quoted_flow(cfg, etype, l4[8:])
 
 
@@ -304,7 +292,6 @@ def _quoted_flow(cfg: ModelConfig, etype: int, q: bytes) -> _Flow:
         if ihl < 5 or ihl * 4 > len(q):
             _drop("bad_icmp", f"quote: IHL {ihl} with {len(q)} bytes")
         qproto, qoff, qsrc, qdst = q[9], ihl * 4, q[12:16], q[16:20]
-        odd_length = u16(q, 2) < ihl * 4 and "quoted IPv4 total length < IHL*4"
     else:
         if len(q) < 40 or q[0] >> 4 != 6:
             _drop("bad_icmp", "quote: no IPv6 header")
@@ -313,7 +300,6 @@ def _quoted_flow(cfg: ModelConfig, etype: int, q: bytes) -> _Flow:
         except ValueError:
             _drop("bad_icmp", "quote: extension headers too long or cut")
         qsrc, qdst = q[8:24], q[24:40]
-        odd_length = u16(q, 4) == 0 and "quoted IPv6 payload length 0"
     if qproto not in (IPPROTO_TCP, IPPROTO_UDP):
         _drop("bad_icmp", f"quote: protocol {qproto}")
     if len(q) < qoff + 4:
@@ -323,10 +309,8 @@ def _quoted_flow(cfg: ModelConfig, etype: int, q: bytes) -> _Flow:
     m = _match_bind(cfg, qsrc, qproto, qsport)
     if m is None:
         _pass("ICMP error: no bind for the reversed quoted flow")
-    if odd_length:
-        # "the quoted packet's length field is not checked against the bytes present":
-        # whether it is checked for sanity at all is open
-        _ambiguous(odd_length, Expected("forward"))
+    # the quote's length field is not looked at, not even for sanity (edge cases: a quoted
+    # IPv4 total length < IHL*4 or a quoted IPv6 payload length 0 is forwarded)
     return _Flow(qdst, qsrc, qdport, qsport, qdport, m[0], m[1], m[2], icmp_error=True)
 
 
@@ -445,11 +429,8 @@ def expect(frame: bytes, cfg: ModelConfig) -> Expected:
     may_reply = df and not flow.icmp_error
 
     if tunnel_src is None:
-        e = Expected("drop", "no_tunnel_source", **common, note=f"no IPv{primary.version} source")
-        if too_big:
-            # §4 lists the tunnel source check first, but a REPLY does not need a tunnel
-            e.ambiguous = "no tunnel source and too big: which check comes first?"
-        return e
+        # checked before the size, even when a REPLY (which needs no tunnel) would do (edge cases)
+        return Expected("drop", "no_tunnel_source", **common, note=f"no IPv{primary.version} source")
 
     if too_big:
         if not may_reply:
