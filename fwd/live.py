@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import subprocess
 import threading
@@ -56,8 +57,13 @@ T = TypeVar("T")
 
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
+CAP_IPC_LOCK = 14
 CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
 CAP_BPF = 39
+# One AF_XDP socket's umem (native/xsk.c: 4096 frames of 4 KiB). The kernel charges it to the
+# user's locked memory (RLIMIT_MEMLOCK) unless the process has CAP_IPC_LOCK.
+XSK_UMEM_BYTES = 4096 * 4096
 
 
 class LiveError(RuntimeError):
@@ -81,24 +87,63 @@ def effective_capabilities() -> int:
     return 0
 
 
+def has_capability(cap: int, caps: int | None = None) -> bool:
+    return bool((effective_capabilities() if caps is None else caps) >> cap & 1)
+
+
+def missing_capabilities(mode: str, caps: int | None = None) -> list[str]:
+    """The capabilities --mode MODE lacks (docs/daemon.md, "Capabilities"): raw sockets need
+    CAP_NET_ADMIN (nftables, ethtool, netlink) and CAP_NET_RAW (AF_PACKET); xdp also needs
+    CAP_BPF (load the steering program) and CAP_PERFMON (the verifier refuses its pointer
+    comparisons without it), both implied by CAP_SYS_ADMIN. "auto" is checked as raw: it falls
+    back to raw when xdp lacks something."""
+    caps = effective_capabilities() if caps is None else caps
+    missing = [
+        name
+        for cap, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_NET_RAW, "CAP_NET_RAW"))
+        if not has_capability(cap, caps)
+    ]
+    if mode == "xdp" and not has_capability(CAP_SYS_ADMIN, caps):
+        for cap, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")):
+            if not has_capability(cap, caps):
+                missing.append(f"{name} (or CAP_SYS_ADMIN)")
+    return missing
+
+
 def check_privileges(mode: str) -> None:
     """Refuse unless root or holding the capabilities the mode needs."""
-    caps = effective_capabilities()
-
-    def has(cap: int) -> bool:
-        return bool(caps >> cap & 1)
-
-    missing = [
-        name for cap, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_NET_RAW, "CAP_NET_RAW")) if not has(cap)
-    ]
-    if mode in ("xdp", "auto") and not (has(CAP_BPF) or has(CAP_SYS_ADMIN)):
-        missing.append("CAP_BPF (or CAP_SYS_ADMIN)")
+    missing = missing_capabilities(mode)
     if missing:
         who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+        if mode == "auto":
+            what = "raw sockets need these; xdp also CAP_BPF and CAP_PERFMON"
+        else:
+            what = f"it attaches sockets{' and XDP programs' if mode == 'xdp' else ''} to interfaces"
         raise LiveError(
-            f"fwd run needs root: running as {who} without {', '.join(missing)} "
-            f"(--mode {mode} attaches sockets{' and XDP programs' if mode != 'raw' else ''} to interfaces)"
+            f"fwd run needs root: running as {who} without {', '.join(missing)} (--mode {mode}: {what})"
         )
+
+
+def check_locked_memory(sockets: int) -> None:
+    """Refuse AF_XDP when its umems cannot be locked: without CAP_IPC_LOCK the kernel charges
+    them to RLIMIT_MEMLOCK (8 MiB by default) and bind() fails with ENOBUFS."""
+    if has_capability(CAP_IPC_LOCK):
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    need = sockets * XSK_UMEM_BYTES
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raise LiveError(
+            f"{sockets} AF_XDP socket{'s' if sockets != 1 else ''} lock {need >> 20} MiB of umem but "
+            f"RLIMIT_MEMLOCK is {soft >> 10} KiB and fwd lacks CAP_IPC_LOCK: give it CAP_IPC_LOCK or "
+            "raise the limit (LimitMEMLOCK=infinity under systemd, ulimit -l)"
+        )
+
+
+def check_xdp_privileges() -> None:
+    """What xdp needs beyond raw (auto mode falls back to raw, saying this)."""
+    missing = [m for m in missing_capabilities("xdp") if m not in missing_capabilities("raw")]
+    if missing:
+        raise LiveError(f"needs {', '.join(missing)} to load the XDP steering program")
 
 
 @dataclass(frozen=True)
@@ -653,6 +698,11 @@ class LiveDataplane:
     def _start_xdp(self) -> None:
         if not STEER_OBJECT.exists():
             raise LiveError(f"the XDP steering program {STEER_OBJECT} is not built (make build)")
+        try:
+            check_xdp_privileges()
+            check_locked_memory(sum(i.rx_queues for i in self.interfaces))
+        except LiveError as e:
+            raise LiveError(f"xdp mode: {e}") from None
         attach_mode = "zerocopy" if self.xsk_mode == "zerocopy" else "auto"
         rt = native.runtime_new()
         self._rt = rt

@@ -54,6 +54,7 @@ _ERRLEN = 512
 _IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
 CAP_BPF = 39
 
 
@@ -258,13 +259,19 @@ def _capabilities() -> int:
     return 0
 
 
-def check_privileges(what: str) -> None:
+def check_privileges(what: str, load: bool = False) -> None:
+    """CAP_NET_ADMIN (tc) and CAP_BPF (maps, pins) for every command; loading the program also
+    needs CAP_PERFMON: the verifier refuses its pointer comparisons without it. CAP_SYS_ADMIN
+    implies both (docs/redirect.md, "Privileges")."""
     caps = _capabilities()
     missing = []
     if not caps >> CAP_NET_ADMIN & 1:
         missing.append("CAP_NET_ADMIN")
-    if not (caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1):
+    admin = caps >> CAP_SYS_ADMIN & 1
+    if not (caps >> CAP_BPF & 1 or admin):
         missing.append("CAP_BPF (or CAP_SYS_ADMIN)")
+    if load and not (caps >> CAP_PERFMON & 1 or admin):
+        missing.append("CAP_PERFMON (or CAP_SYS_ADMIN)")
     if missing:
         who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
         raise RedirectError(f"{what} needs root: running as {who} without {', '.join(missing)}")
@@ -320,7 +327,7 @@ def attach(
     if not allow:
         raise RedirectError("give at least one --allow prefix (the L4 nodes' addresses)")
     lk = link(ifname)
-    check_privileges("fwd redirect attach")
+    check_privileges("fwd redirect attach", load=True)
     explicit = [Source(a, "explicit") for a in sources]
     _check_sources(explicit)
     have = {s.address.version for s in explicit}

@@ -231,7 +231,10 @@ static int ensure_bpffs(const char *pin_dir, char *err, size_t errlen)
 	if (strncmp(pin_dir, BPFFS_ROOT "/", strlen(BPFFS_ROOT) + 1) || is_bpffs(BPFFS_ROOT))
 		return 0;
 	if (mount("bpf", BPFFS_ROOT, "bpf", 0, "mode=0700"))
-		return errf(err, errlen, "cannot mount bpffs on %s: %s", BPFFS_ROOT, strerror(errno));
+		return errf(err, errlen,
+			    "cannot mount bpffs on %s: %s (mounting needs CAP_SYS_ADMIN; mount it "
+			    "beforehand, as systemd does: mount -t bpf bpf %s)",
+			    BPFFS_ROOT, strerror(errno), BPFFS_ROOT);
 	return 0;
 }
 
@@ -359,7 +362,11 @@ static struct fwd_redirect *from_prog_id(uint32_t id, char *err, size_t errlen)
 	r->prog_id = id;
 	r->fd[0] = bpf_prog_get_fd_by_id(id);
 	if (r->fd[0] < 0) {
-		errf(err, errlen, "cannot open BPF program %u: %s", id, strerror(errno));
+		int e = errno;
+
+		/* BPF_PROG_GET_FD_BY_ID is for CAP_SYS_ADMIN only: without it the pins are the way in */
+		errf(err, errlen, "cannot open BPF program %u: %s%s", id, strerror(e),
+		     e == EPERM ? " (its pins are gone, and opening a program by id needs CAP_SYS_ADMIN)" : "");
 		goto fail;
 	}
 	if (prog_info(r->fd[0], &info, ids, 16)) {

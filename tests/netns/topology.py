@@ -458,7 +458,10 @@ def fwd_run_help() -> str:
 class FwdRun:
     """`fwd run` as a child process inside a namespace, its output going to a log file."""
 
-    def __init__(self, ns: str, config: Path, interfaces: Iterable[str], mode: str, log: Path, extra=()):
+    def __init__(
+        self, ns: str, config: Path, interfaces: Iterable[str], mode: str, log: Path, extra=(), wrapper=()
+    ):
+        """wrapper: a command fwd runs under inside the namespace (setpriv ..., prlimit ...)."""
         self.ns, self.log_path = ns, log
         self.argv = [str(FWD), "run", "--config", str(config)]
         for i in interfaces:
@@ -470,7 +473,7 @@ class FwdRun:
         self._log = open(log, "wb")  # noqa: SIM115 (closed in stop())
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *self.argv],
+            ["ip", "netns", "exec", ns, *wrapper, *self.argv],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -481,7 +484,7 @@ class FwdRun:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid  # ip netns exec execs the command: this is fwd itself
+        return self.proc.pid  # ip netns exec execs the command (and a wrapper execs fwd): fwd itself
 
     def alive(self) -> bool:
         return self.proc.poll() is None
