@@ -77,6 +77,9 @@ LOG_FORMATS = ("text", "json")
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
 DRAIN_WAIT_MAX = 3600.0
 
+# Python's TOML and JSON parsers recurse per nesting level (RecursionError past ~1,000 levels).
+TOO_DEEP = "arrays or tables nested too deeply"
+
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
@@ -85,10 +88,17 @@ class ConfigError(Exception):
     """A configuration problem: ``str(e) == f"{file}: {key}: {reason}"``, one line."""
 
     def __init__(self, file: str, key: str, reason: str) -> None:
-        self.file = file
-        self.key = key
+        self.file = _printable(file)
+        self.key = _printable(key)  # a quoted TOML key may hold "\n"
         self.reason = " ".join(reason.split())  # never more than one line
-        super().__init__(f"{file}: {key}: {self.reason}")
+        super().__init__(f"{self.file}: {self.key}: {self.reason}")
+
+
+def _printable(text: str) -> str:
+    """text with line breaks and other unprintable characters escaped (\\n, \\u2028...)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @dataclass(frozen=True)
@@ -217,10 +227,12 @@ def _reject_constant(name: str) -> Any:
 def _parse_toml(text: str, path: str) -> Config:
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(path, "(file)", f"invalid TOML: {TOO_DEEP}") from None
     except tomllib.TOMLDecodeError as e:
         try:
             other = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ConfigError(path, "(file)", f"invalid TOML: {e}") from None
         raise ConfigError(
             path,
@@ -244,6 +256,8 @@ def _parse_glb_json(text: str, path: str) -> Config:
             "(file)",
             f"invalid JSON (GLB forwarding table): {e.msg} (at line {e.lineno}, column {e.colno})",
         ) from None
+    except RecursionError:
+        raise ConfigError(path, "(file)", f"invalid JSON (GLB forwarding table): {TOO_DEEP}") from None
     except ValueError as e:
         raise ConfigError(path, "(file)", f"invalid JSON (GLB forwarding table): {e}") from None
     return _Loader(path, "glb-json").config(data)
