@@ -29,7 +29,7 @@ family, the interface's first global address of that family.
 Attaching again replaces the program (new allow list and sources; counters start from 0).
 State is pinned in /sys/fs/bpf/fwd/redirect/IF/ (bpffs is mounted there if needed); `stats` and
 `detach` also find the program through tc when the pins are gone.
-Needs root (CAP_NET_ADMIN and CAP_BPF or CAP_SYS_ADMIN).
+Needs CAP_NET_ADMIN, CAP_BPF and CAP_PERFMON (or root); detach needs CAP_NET_ADMIN.
 exit status: 0 attached; 1 failed; 2 usage error.
 examples:
   fwd redirect attach --interface eth0 --allow 10.0.0.0/24 --allow 2001:db8:4::/64

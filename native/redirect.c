@@ -366,7 +366,9 @@ static struct fwd_redirect *from_prog_id(uint32_t id, char *err, size_t errlen)
 
 		/* BPF_PROG_GET_FD_BY_ID is for CAP_SYS_ADMIN only: without it the pins are the way in */
 		errf(err, errlen, "cannot open BPF program %u: %s%s", id, strerror(e),
-		     e == EPERM ? " (its pins are gone, and opening a program by id needs CAP_SYS_ADMIN)" : "");
+		     e == EPERM ? " (its pins are missing or not readable by this user, and opening a "
+				  "program by id needs CAP_SYS_ADMIN)"
+				: "");
 		goto fail;
 	}
 	if (prog_info(r->fd[0], &info, ids, 16)) {
@@ -569,16 +571,17 @@ int fwd_redirect_detach(int ifindex, const char *pin_dir, char *err, size_t errl
 
 	if (fwd_redirect_query(ifindex, &id, err, errlen))
 		return -1;
+	if (id) {
+		old = quiet();
+		rc = bpf_tc_detach(&hook, &d);
+		loud(old);
+		/* the pins stay while the filter does: they are how stats and detach reach it */
+		if (rc)
+			return errf(err, errlen, "cannot remove the tc filter: %s", strerror(-rc));
+	}
 	if (pin_dir && is_bpffs(BPFFS_ROOT))
 		unpin(pin_dir);
-	if (!id)
-		return 1;
-	old = quiet();
-	rc = bpf_tc_detach(&hook, &d);
-	loud(old);
-	if (rc)
-		return errf(err, errlen, "cannot remove the tc filter: %s", strerror(-rc));
-	return 0;
+	return id ? 0 : 1;
 }
 
 /* ---- reading ------------------------------------------------------------------------------- */
