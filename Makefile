@@ -1,7 +1,7 @@
 # fwd — common tasks. `make test` works on a fresh machine (it runs setup first).
 PY := .venv/bin/python
 
-.PHONY: setup build test lint unit pcap-tests netns-tests bench bench-core bench-live bench-redirect bench-healthcheck bench-daemon example lab-up lab-down demo clean
+.PHONY: setup build test lint unit pcap-tests netns-tests fuzz bench bench-core bench-live bench-redirect bench-healthcheck bench-daemon example lab-up lab-down demo clean
 
 setup:
 	bash scripts/setup.sh
@@ -15,6 +15,7 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -q tests
+	$(MAKE) fuzz FUZZ_SECONDS=60
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -25,6 +26,14 @@ pcap-tests: setup
 netns-tests: setup
 	$(MAKE) -C native/bpf
 	$(PY) -m pytest -q tests/netns
+
+# Fuzzing (docs/hardening.md): the packet core and the table builder (libFuzzer + ASan + UBSan,
+# native/fuzz) and the config loaders (atheris), FUZZ_SECONDS each; executions and coverage per
+# target; non-zero exit and the reproducer's path on a crash.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	$(MAKE) -s -C native/fuzz
+	$(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
 bench-core: setup
 	$(PY) bench/bench_core.py

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(gcc make libc6-dev iproute2 tcpdump tshark
-              clang llvm libbpf-dev libxdp-dev libelf-dev pkg-config bpftool
+              clang llvm libclang-rt-14-dev libbpf-dev libxdp-dev libelf-dev pkg-config bpftool
               nftables ethtool netsniff-ng iputils-ping curl nginx-light openssl procps psmisc
               bird2 haproxy)
 

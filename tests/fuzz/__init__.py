@@ -1,0 +1,1 @@
+"""Fuzzing: the config-loader target (atheris), seed corpora, and `make fuzz`'s runner."""

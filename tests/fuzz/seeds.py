@@ -1,0 +1,87 @@
+"""Seed corpora for the fuzz targets, generated (not committed) into DIR/<target>/.
+
+    python -m tests.fuzz.seeds DIR
+
+core:   every golden frame (tests/golden.py), prefixed with the two control bytes of
+        native/fuzz/fuzz_core.c: the variant matching the frame's golden config (and once more
+        under a small-MTU variant, so too-big replies start from real frames), default headroom.
+table:  a few update sequences: a build, a health flip, a drain, an add and a removal, a reorder.
+config: the golden configs (TOML), examples/fwd.toml and examples/glb-forwarding-table.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+from tests import golden
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = ("core", "table", "config")
+
+# fuzz_core.c's VARIANTS: the one that mirrors each golden config.
+CORE_VARIANT = {"golden": 0, "golden_echo": 1, "golden_mac": 1, "golden_v4only": 2, "golden_jumbo": 5}
+SMALL_MTU_VARIANTS = (3, 4)  # MTU 576, 120
+DEFAULT_LAYOUT = 0x40  # FWD_MIN_HEADROOM, no tailroom
+
+
+def core_seeds() -> list[bytes]:
+    out = []
+    for i, f in enumerate(golden.fixtures()):
+        variant = CORE_VARIANT.get(f.config, 0)
+        out.append(bytes([variant, DEFAULT_LAYOUT]) + f.frame)
+        out.append(bytes([SMALL_MTU_VARIANTS[i % 2], DEFAULT_LAYOUT]) + f.frame)
+    return out
+
+
+def _entry(pool_index: int, state: int = 0, healthy: bool = True) -> bytes:
+    return bytes([pool_index, state | (8 if healthy else 0)])
+
+
+def _step(*entries: bytes) -> bytes:
+    return bytes([len(entries)]) + b"".join(entries)
+
+
+def table_seeds() -> list[bytes]:
+    # fuzz_table.c's input: flags, then steps (count, then (address, state|health) pairs).
+    # Pool: even indices IPv4, odd IPv6. States: 0 active, 1 filling, 2 draining, 3 inactive.
+    base = [_entry(i) for i in range(6)]
+    mixed = [_entry(0), _entry(1, 2), _entry(2, 0, False), _entry(3, 1), _entry(4, 3), _entry(5)]
+    v4_literal = bytes([0x80, 192, 0, 2, 1, 0x08])
+    v6_literal = bytes([0xC0]) + bytes(15) + b"\x01" + b"\x08"
+    return [
+        b"\x00" + _step(*base),
+        b"\x00" + _step(*base) + _step(base[0], _entry(1, 0, False), *base[2:]),
+        b"\x00" + _step(*base) + _step(_entry(0, 2), *base[1:]) + _step(*base[1:]),
+        b"\x00" + _step(*base[:3]) + _step(*base) + _step(*reversed(base)),
+        b"\x01" + _step(*mixed) + _step(*mixed[:3]) + _step(*mixed, _entry(7), _entry(8, 1)),
+        b"\x02" + _step(base[0]) + _step(base[0], base[1]) + _step() + _step(*base),
+        b"\x00" + _step(*mixed) + _step(mixed[0], mixed[0]) + _step(*mixed[1:]),
+        b"\x00" + _step(v4_literal, v6_literal, *base[:2]) + _step(v6_literal),
+    ]
+
+
+def config_seeds() -> list[bytes]:
+    out = [gc.model.to_toml().encode() for gc in golden.configs().values()]
+    for name in ("fwd.toml", "glb-forwarding-table.json"):
+        out.append((ROOT / "examples" / name).read_bytes())
+    return out
+
+
+def write(directory: Path) -> dict[str, Path]:
+    """Write every target's seeds into directory/<target>/ (named by content); {target: dir}."""
+    makers = {"core": core_seeds, "table": table_seeds, "config": config_seeds}
+    dirs = {}
+    for target in TARGETS:
+        d = Path(directory) / target
+        d.mkdir(parents=True, exist_ok=True)
+        for data in makers[target]():
+            (d / hashlib.sha1(data).hexdigest()).write_bytes(data)
+        dirs[target] = d
+    return dirs
+
+
+if __name__ == "__main__":
+    for target, d in write(Path(sys.argv[1])).items():
+        print(f"{target}: {len(list(d.iterdir()))} seeds in {d}")
