@@ -442,8 +442,11 @@ def withdraw_command(s: BgpSettings, prefix: IPNetwork) -> str:
 def render_exabgp_config(s: BgpSettings, run: str, source: str = "") -> str:
     """ExaBGP's configuration file: the API process ``fwd`` (``run``: the relay's command line)
     and one neighbor per peer, reporting state changes and the updates it sends to the process."""
+    # the config's path is the only free text here: printed as a JSON string, a newline in it
+    # cannot start a line of ExaBGP configuration (a `process` runs a program)
+    origin = f" from {json.dumps(source)}" if source else ""
     lines = [
-        f"# Written by fwd for its ExaBGP child{f' from {source}' if source else ''}; do not edit:",
+        f"# Written by fwd for its ExaBGP child{origin}; do not edit:",
         "# the fwd daemon writes it again at every start of ExaBGP.",
         "",
         f"process {PROCESS_NAME} {{",
