@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="modes:\n"
         "  xdp   an XDP program steers VIP traffic to one AF_XDP socket per rx queue; the rest is passed\n"
-        "        to the kernel untouched. Needs BPF and AF_XDP (CAP_BPF or CAP_SYS_ADMIN).\n"
+        "        to the kernel untouched. Needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) and\n"
+        "        CAP_IPC_LOCK (or RLIMIT_MEMLOCK >= 16 MiB per rx queue) besides raw's two.\n"
         "  raw   AF_PACKET sockets (TPACKET_V3 ring, fanout across the workers) see every frame; an\n"
         "        nftables table 'netdev fwd_raw' drops the VIP traffic fwd handles at ingress so the kernel\n"
         "        does not handle it as well. Slower than xdp; for hosts where XDP cannot be used.\n"
@@ -196,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         "A stale XDP program or fwd_raw table left by a crashed run is replaced (and logged).\n"
         "Tunnel source per family: --tunnel-src, else the config's tunnel_source / tunnel_source6,\n"
         "else the primary address of the interface the route to the backends leaves by.\n"
-        "Refuses to start, with one line, when not root (CAP_NET_ADMIN + CAP_NET_RAW, and CAP_BPF or\n"
-        "CAP_SYS_ADMIN for xdp), when an interface does not exist, or when the mode cannot be used.\n"
+        "Refuses to start, with one line naming what is missing, without its capabilities (raw and\n"
+        "auto: CAP_NET_ADMIN + CAP_NET_RAW; see xdp above), when an interface does not exist, or when\n"
+        "the mode cannot be used.\n"
         "exit status: 0 stopped by SIGINT/SIGTERM; 1 refused to start or failed; 2 usage or config error.",
     )
     rn.add_argument("--config", required=True, metavar="CFG", help="config file (TOML or GLB JSON)")

@@ -6,10 +6,11 @@ is the set; RLIMIT_MEMLOCK at the kernel's default 8 MiB so CAP_IPC_LOCK matters
 A non-root uid is the stronger proof: root keeps privileges outside capabilities (it owns root's
 files, /proc and sysfs entries); uid 65534 has nothing but the listed capabilities.
 
-* test_fwd_run_with_only_its_capabilities[xdp|raw]: the golden frames forwarded, byte for byte
-  against the reference model (tests/netns/test_forwarding.py's rig); the process's effective set
-  is exactly the set; its control socket is 0600 and its own, another uid is refused; SIGTERM
-  leaves nothing behind.
+* test_fwd_run_with_only_its_capabilities[xdp|raw|xdp-sys_admin|auto-with-raw-set]: the golden
+  frames forwarded, byte for byte against the reference model (tests/netns/test_forwarding.py's
+  rig); the process's effective set is exactly the set; its control socket is 0600 and its own, another uid is refused; SIGTERM
+  leaves nothing behind. CAP_SYS_ADMIN stands in for CAP_BPF + CAP_PERFMON; auto with raw's set
+  falls back to raw and says why.
 * test_fwd_run_without_each_capability[xdp|raw]: the set minus any one capability: exit status 1,
   one `fwd: error:` line naming the missing capability, no traceback, nothing left installed.
 * test_redirect_with_only_its_capabilities: the whole path least-privileged: fwd-redirect attached
@@ -161,9 +162,18 @@ def fwd_cli(*args: str, user=()) -> subprocess.CompletedProcess:
 # ------------------------------------------------------------------------------------ fwd run
 
 
-@pytest.mark.parametrize("mode", ["xdp", "raw"])
-def test_fwd_run_with_only_its_capabilities(mode, topo, start_limited):
-    caps = SETS[mode]
+@pytest.mark.parametrize(
+    "mode,caps,used",
+    [
+        pytest.param("xdp", SETS["xdp"], "xdp", id="xdp"),
+        pytest.param("raw", SETS["raw"], "raw", id="raw"),
+        # CAP_SYS_ADMIN implies CAP_BPF and CAP_PERFMON
+        pytest.param("xdp", ("net_admin", "net_raw", "sys_admin", "ipc_lock"), "xdp", id="xdp-sys_admin"),
+        # auto needs raw's set and falls back to raw, saying what xdp lacks
+        pytest.param("auto", SETS["raw"], "raw", id="auto-with-raw-set"),
+    ],
+)
+def test_fwd_run_with_only_its_capabilities(mode, caps, used, topo, start_limited):
     live = Live(topo, start_limited(caps), mode)  # waits until its probes are forwarded
     st = proc_status(live.run.pid)
     assert st["Uid"].split()[:2] == [str(UID)] * 2, st["Uid"]
@@ -188,7 +198,11 @@ def test_fwd_run_with_only_its_capabilities(mode, topo, start_limited):
     assert stat.S_IMODE(s.st_mode) == 0o600 and s.st_uid == UID, (oct(s.st_mode), s.st_uid)
     p = fwd_cli("status", "--json", "--control-socket", sock)
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["mode"] == mode
+    assert json.loads(p.stdout)["mode"] == used
+    if mode == "auto":
+        assert re.search(
+            r"xdp mode unavailable \(needs CAP_BPF .*CAP_PERFMON .*\): falling back", live.run.log()
+        )
     other = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups"]
     p = fwd_cli("status", "--control-socket", sock, user=other)
     assert p.returncode == 1 and "permission denied" in one_error(p.stderr), p.stderr
