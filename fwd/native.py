@@ -493,6 +493,15 @@ def steer_counters(st: Any) -> tuple[int, int, int]:
     return int(out[0]), int(out[1]), int(out[2])
 
 
+def steer_test_run(st: Any, frame: bytes) -> int:
+    """The XDP return code of the steering program for one frame (BPF_PROG_TEST_RUN; tests)."""
+    retval = ffi.new("uint32_t *")
+    err = _errbuf()
+    if lib.fwd_steer_test_run(st, frame, len(frame), retval, err, _ERRLEN) != 0:
+        raise NativeError(_errtext(err, "BPF_PROG_TEST_RUN failed"))
+    return int(retval[0])
+
+
 def steer_detach(st: Any) -> None:
     """Detach and unload now (idempotent through cffi: a released pointer is not freed twice)."""
     ffi.release(st)

@@ -116,6 +116,14 @@ uint32_t fwd_steer_replaced_stale(const struct fwd_steer *st);
 /* "native" or "generic": the XDP mode attach ended up in. */
 const char *fwd_steer_attach_mode(const struct fwd_steer *st);
 
+/*
+ * Run one frame through the loaded program with BPF_PROG_TEST_RUN (tests; nothing is sent):
+ * 0 with the XDP return code in *retval, or -1 with err filled. The kernel refuses frames
+ * shorter than 14 bytes and hands the program at most the first page of longer ones.
+ */
+int fwd_steer_test_run(const struct fwd_steer *st, const uint8_t *frame, uint32_t len, uint32_t *retval,
+		       char *err, size_t errlen);
+
 /* cdef-end */
 
 #endif

@@ -273,9 +273,15 @@ int fwd_steer_set_binds(struct fwd_steer *st, const struct fwd_bind_spec *binds,
 	return 0;
 }
 
-int fwd_steer_prog_fd(const struct fwd_steer *st)
+int fwd_steer_test_run(const struct fwd_steer *st, const uint8_t *frame, uint32_t len, uint32_t *retval,
+		       char *err, size_t errlen)
 {
-	return st ? st->prog_fd : -1;
+	LIBBPF_OPTS(bpf_test_run_opts, run, .data_in = frame, .data_size_in = len, .repeat = 1);
+
+	if (bpf_prog_test_run_opts(st->prog_fd, &run))
+		return fwd_errf(err, errlen, "BPF_PROG_TEST_RUN: %s", strerror(errno));
+	*retval = run.retval;
+	return 0;
 }
 
 int fwd_steer_xsks_map_fd(const struct fwd_steer *st)

@@ -37,6 +37,7 @@ import ipaddress
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
@@ -470,28 +471,43 @@ def gue_frame(
     *,
     src: str | None = None,
     dst_mac: str | None = None,
-    ip_extra: dict | None = None,
+    options: bytes = b"",
     udp_len: int | None = None,
     ip_len: int | None = None,
 ) -> bytes:
-    """Ethernet + outer IP of `family` (l4 -> node) + UDP to 19523 + payload, lengths overridable."""
-    e = Ether(dst=dst_mac or ep.dst_mac, src=ep.src_mac)
-    s = src or ep.l4[family == 6]
-    d = ep.node[family == 6]
+    """Ethernet + outer IP of `family` (l4 -> node; IPv4: ID 0, DF, TTL 64, `options`) + UDP
+    40000 -> 19523 (checksum 0 over IPv4, computed over IPv6) + payload; the UDP length and
+    the IP total / payload length can be overridden (checksums are computed before)."""
+    s = ipaddress.ip_address(src or ep.l4[family == 6]).packed
+    d = ipaddress.ip_address(ep.node[family == 6]).packed
+    n = 8 + len(payload)
     if family == 4:
-        ip = IP(src=s, dst=d, id=0, flags="DF", **(ip_extra or {}))
-        frame = bytes(e / ip / UDP(sport=40000, dport=GUE_PORT, chksum=0) / payload)
+        ihl = 5 + len(options) // 4
+        ip = bytearray(
+            struct.pack("!BBHHHBBH", 0x40 | ihl, 0, ihl * 4 + n, 0, 0x4000, 64, 17, 0) + s + d + options
+        )
+        struct.pack_into("!H", ip, 10, _inet_csum(bytes(ip)))
+        udp = struct.pack("!HHHH", 40000, GUE_PORT, n, 0)
+        if ip_len is not None:
+            struct.pack_into("!H", ip, 2, ip_len)
     else:
-        frame = bytes(e / IPv6(src=s, dst=d, **(ip_extra or {})) / UDP(sport=40000, dport=GUE_PORT) / payload)
-    l3 = 14
-    udp = l3 + ((frame[l3] & 15) * 4 if family == 4 else 40)
+        ip = bytearray(struct.pack("!IHBB", 6 << 28, n, 17, 64) + s + d)
+        pseudo = s + d + struct.pack("!I3xB", n, 17)
+        csum = _inet_csum(pseudo + struct.pack("!HHHH", 40000, GUE_PORT, n, 0) + payload) or 0xFFFF
+        udp = struct.pack("!HHHH", 40000, GUE_PORT, n, csum)
+        if ip_len is not None:
+            struct.pack_into("!H", ip, 4, ip_len)
     if udp_len is not None:
-        frame = _put16(frame, udp + 4, udp_len)
-    if ip_len is not None:
-        frame = _put16(frame, l3 + 2, ip_len) if family == 4 else _put16(frame, l3 + 4, ip_len)
-    return frame
+        udp = udp[:4] + struct.pack("!H", udp_len) + udp[6:]
+    macs = _mac(dst_mac or ep.dst_mac) + _mac(ep.src_mac)
+    return macs + (b"\x08\x00" if family == 4 else b"\x86\xdd") + bytes(ip) + udp + payload
 
 
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+@cache
 def _inner(ep: GueEndpoints, family: int, kind: str) -> bytes:
     ip = IP(src=ep.client[0], dst=ep.vip[0]) if family == 4 else IPv6(src=ep.client[1], dst=ep.vip[1])
     if kind == "udp":
@@ -652,7 +668,7 @@ def gue_outer(ep: GueEndpoints) -> Iterator[Case]:
     yield Case(
         "gue_outer",
         "outer IPv4 options (IHL 15)",
-        gue_frame(ep, 4, payload, ip_extra={"options": [golden.IPOption_NOP()] * 40}),
+        gue_frame(ep, 4, payload, options=b"\x01" * 40),
     )
     yield Case("gue_outer", "outer IPv4 header checksum wrong", _put16(good4, 24, _u16(good4, 24) ^ 1))
     yield Case("gue_outer", "outer IPv4 UDP checksum nonsense", _put16(good4, 14 + 20 + 6, 0x1234))

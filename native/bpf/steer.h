@@ -42,10 +42,4 @@ struct steer_bank {
 	struct steer_bind binds[STEER_MAX_BINDS];
 };
 
-#ifndef __bpf__
-/* Host side (native/steer.c): the loaded program, for BPF_PROG_TEST_RUN checks. */
-struct fwd_steer;
-int fwd_steer_prog_fd(const struct fwd_steer *st);
-#endif
-
 #endif
