@@ -38,6 +38,10 @@
  *                                       same way (no SYN-cookie test)
  *   no hop left (next hop = count)      decapsulate (decap_last_hop)
  *   next hop = this node                decapsulate (decap_self)
+ *   no outer source for the hop         drop_no_source
+ *   next hop no unicast address         drop_no_route: 0/8, 127/8, 224/4 and above
+ *                                       (multicast, class E, broadcast), ff00::/8,
+ *                                       ::/80 (::, ::1, IPv4-compatible/-mapped)
  *   otherwise                           forward: outer source = this node, outer
  *                                       destination = hops[next], next += 1
  * A truncated inner TCP header is dropped (drop_truncated).
@@ -498,6 +502,23 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct gue *g, const _
 	}
 }
 
+/*
+ * A hop that can be no L7 node: unspecified, loopback, multicast, broadcast (IPv4 class E
+ * included) and ::/80. The FIB refuses these only when forwarding is on; with forwarding off
+ * (most L7 nodes) bpf_redirect_neigh would be handed them and the packet counted forwarded.
+ */
+static __always_inline int unicast(const __u8 *a, __u8 family)
+{
+	if (family == 4)
+		return a[0] != 0 && a[0] != 127 && a[0] < 224;
+	if (a[0] == 0xff)
+		return 0;
+	for (int i = 0; i < 10; i++)
+		if (a[i])
+			return 1;
+	return 0;
+}
+
 static __always_inline int forward(struct __sk_buff *skb, struct gue *g)
 {
 	__u32 zero = 0;
@@ -519,6 +540,8 @@ static __always_inline int forward(struct __sk_buff *skb, struct gue *g)
 		return decap(skb, g, RC_DECAP_SELF);
 	if (!src)
 		return drop(RC_DROP_NO_SOURCE);
+	if (!unicast(hop, hf))
+		return drop(RC_DROP_NO_ROUTE);
 	rc = rewrite(skb, g, src, hop, hf);
 	if (rc)
 		return drop(rc);

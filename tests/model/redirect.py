@@ -6,8 +6,9 @@ native/bpf/redirect.bpf.c, as straight-line Python over the frame's bytes. The a
     ignore    not GUE for this host: TC_ACT_OK, frame unchanged, no counter
     drop      TC_ACT_SHOT and one drop counter
     decap     TC_ACT_OK, one decap counter, the decapsulated frame
-    forward   the packet must go on to `hop` from `source`: what happens then (forwarded,
-              drop_no_route, drop_too_big) is the kernel FIB's answer, which the caller knows
+    forward   the packet must go on to `hop` (a unicast address) from `source`: what happens
+              then (forwarded, drop_no_route, drop_too_big) is the kernel FIB's answer, which
+              the caller knows
 
 with `icmp_quote` set when an inner ICMP error quoting TCP decided the path (icmp_tcp_quote is
 counted as well). `rx` is counted for every answer but ignore. Local sockets are the caller's:
@@ -198,7 +199,18 @@ def _expect(f: bytes, node: RedirectNode, owner: Owner) -> RedirectExpected:
         return RedirectExpected("decap", "decap_self", decapsulated, icmp_quote=quote)
     if source is None:
         return RedirectExpected("drop", "drop_no_source", icmp_quote=quote)
+    if not unicast(hop):
+        return RedirectExpected("drop", "drop_no_route", icmp_quote=quote, note=f"{hop}: no unicast address")
     return RedirectExpected("forward", hop=hop, source=source, icmp_quote=quote)
+
+
+def unicast(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A possible next hop: not 0/8, 127/8, 224/4 and above (IPv4); not ff00::/8 or ::/80 (IPv6:
+    unspecified, loopback, IPv4-compatible and -mapped)."""
+    b = a.packed
+    if a.version == 4:
+        return b[0] not in (0, 127) and b[0] < 224
+    return b[0] != 0xFF and any(b[:10])
 
 
 def _owned(own: str | None) -> str:

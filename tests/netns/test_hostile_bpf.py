@@ -149,26 +149,51 @@ LOCAL = {ipaddress.ip_address(a) for a in (rr.SELF4, rr.SELF6, rr.VIP4, rr.VIP6,
 
 
 def fib_outcome(hop) -> str:
-    """What the kernel's FIB says about a next hop seen from v0 (the rig's routes: v0's subnets)."""
-    if hop in LOCAL or hop.is_multicast or hop.is_unspecified or hop.is_loopback:
+    """What the kernel's FIB says about a (unicast) next hop seen from v0: v0's subnets only."""
+    if hop in LOCAL or hop.is_link_local:
         return "drop_no_route"
     if any(hop.version == n.version and hop in n for n in ON_LINK):
         return "forwarded"
     return "drop_no_route"
 
 
+# v1 has forwarding off: bpf_fib_lookup declines (the packet goes to bpf_redirect_neigh, whose
+# route lookup happens after the program) except for IPv6 link-local hops, never forwarded.
+ENDPOINTS_V1 = hostile.GueEndpoints(
+    dst_mac=rr.MAC1,
+    src_mac=rr.L4_MAC,
+    l4=("10.8.0.1", "fd08::1"),
+    node=(rr.SELF4_V1, rr.SELF6_V1),
+    rogue=(rr.ROGUE4, rr.ROGUE6),
+    hop=(rr.HOP4_V1, rr.HOP6_V1),
+    client=(rr.OTHER4, rr.OTHER6),
+    vip=(rr.VIP4, rr.VIP6),
+)
+NODE_V1 = RedirectNode(bytes.fromhex(rr.MAC1.replace(":", "")), ALLOWED, {})
+
+
+def fib_outcome_v1(hop) -> str:
+    return "drop_no_route" if hop.version == 6 and hop.is_link_local else "forwarded"
+
+
+SIDES = {"v0": (NODE, fib_outcome), "v1": (NODE_V1, fib_outcome_v1)}
+
+
 RC = {"drop": rr.TC_ACT_SHOT, "decap": rr.TC_ACT_OK, "ignore": rr.TC_ACT_OK}
 
 
-def redirect_problems(frame: bytes, rc: int, out: bytes, moved: dict[str, int]) -> list[str]:
+def redirect_problems(
+    frame: bytes, rc: int, out: bytes, moved: dict[str, int], side: str = "v0"
+) -> list[str]:
     """What is wrong with the program's answer (return code, output, counter deltas) for frame."""
-    e = expect_redirect(frame, NODE)
+    node, outcome = SIDES[side]
+    e = expect_redirect(frame, node)
     if e.action == "ignore":
         return [] if (rc, out, moved) == (rr.TC_ACT_OK, frame, {}) else [f"not GUE, but {rc} {moved}"]
     counter = e.counter
     want_rc = RC.get(e.action)
     if e.action == "forward":
-        counter = fib_outcome(e.hop)
+        counter = outcome(e.hop)
         want_rc = rr.TC_ACT_REDIRECT if counter == "forwarded" else rr.TC_ACT_SHOT
     want = {"rx": 1, counter: 1} | ({"icmp_tcp_quote": 1} if e.icmp_quote else {})
     problems = []
@@ -185,8 +210,8 @@ def redirect_problems(frame: bytes, rc: int, out: bytes, moved: dict[str, int]) 
     return problems
 
 
-def run_in_rig(rig: rr.Rig, frames: list[bytes], count_each: bool) -> list:
-    """Each frame through the program on v0, inside the rig's namespace (one thread for the
+def run_in_rig(rig: rr.Rig, frames: list[bytes], count_each: bool, side: str = "v0") -> list:
+    """Each frame through the program on `side`, inside the rig's namespace (one thread for the
     batch): (return code, output, counter deltas or None) or the RedirectError it raised."""
     from fwd.redirect import RedirectError
 
@@ -195,7 +220,7 @@ def run_in_rig(rig: rr.Rig, frames: list[bytes], count_each: bool) -> list:
         for f in frames:
             before = rig.prog.counters() if count_each else None
             try:
-                rc, frame_out = rig.prog.run(f, rig.ifindex["v0"])
+                rc, frame_out = rig.prog.run(f, rig.ifindex[side])
             except RedirectError as err:
                 out.append(err)
                 continue
@@ -236,12 +261,15 @@ def skb_test_refuses(frame: bytes) -> bool:
     return (etype == b"\x08\x00" and len(frame) < 14 + 20) or (etype == b"\x86\xdd" and len(frame) < 14 + 40)
 
 
-def _run_redirect(rig: rr.Rig, cases, count_each: bool = True) -> tuple[int, list[str], int]:
+def _run_redirect(
+    rig: rr.Rig, cases, count_each: bool = True, side: str = "v0"
+) -> tuple[int, list[str], int]:
     """Run cases, checking each answer; count_each=False: the caller checks that no counter
     moved over the whole run instead (non-GUE frames: counters only grow, so none moved for any)."""
     frames, failures, refused = 0, [], 0
     for chunk in _chunks(cases):
-        for case, res in zip(chunk, run_in_rig(rig, [c.frame for c in chunk], count_each), strict=True):
+        results = run_in_rig(rig, [c.frame for c in chunk], count_each, side)
+        for case, res in zip(chunk, results, strict=True):
             frames += 1
             if isinstance(res, Exception) or skb_test_refuses(case.frame):
                 if (
@@ -255,7 +283,7 @@ def _run_redirect(rig: rr.Rig, cases, count_each: bool = True) -> tuple[int, lis
                     f"BPF_PROG_TEST_RUN said {res!r}, refusal expected: {skb_test_refuses(case.frame)}"
                 ]
             elif count_each:
-                problems = redirect_problems(case.frame, *res)
+                problems = redirect_problems(case.frame, *res, side)
             else:
                 rc, out, _ = res
                 problems = [] if (rc, out) == (rr.TC_ACT_OK, case.frame) else [f"not GUE, but {rc}"]
@@ -268,6 +296,15 @@ def _run_redirect(rig: rr.Rig, cases, count_each: bool = True) -> tuple[int, lis
 @pytest.mark.parametrize("name", list(hostile.GUE_CLASSES))
 def test_redirect_program_gue(redirect_rig, name):
     frames, failures, _ = _run_redirect(redirect_rig, hostile.GUE_CLASSES[name](ENDPOINTS))
+    assert frames > 0
+    assert not failures, _report(frames, failures)
+
+
+def test_redirect_program_hops_forwarding_off(redirect_rig):
+    """Hostile hops received where forwarding is off (the usual L7 node): no hop that is no
+    unicast address is handed on (regression: 0.0.0.0, 127.0.0.1, 255.255.255.255, 224.0.0.1,
+    ::, ::ffff:a.b.c.d were counted forwarded and given to bpf_redirect_neigh)."""
+    frames, failures, _ = _run_redirect(redirect_rig, hostile.gue_hops(ENDPOINTS_V1), side="v1")
     assert frames > 0
     assert not failures, _report(frames, failures)
 
