@@ -50,7 +50,19 @@ def table_seeds() -> list[bytes]:
     mixed = [_entry(0), _entry(1, 2), _entry(2, 0, False), _entry(3, 1), _entry(4, 3), _entry(5)]
     v4_literal = bytes([0x80, 192, 0, 2, 1, 0x08])
     v6_literal = bytes([0xC0]) + bytes(15) + b"\x01" + b"\x08"
+    # 16 backends, mostly bad: rows whose kept list (8) holds only bad ones ("deep" rows), then
+    # the few good ones turn bad and back
+    bad = [_entry(i, 2 if i % 3 == 0 else 0, i % 3 == 0) for i in range(2, 16)]
+    deep = [
+        _step(_entry(0), _entry(1), *bad),
+        _step(_entry(0, 0, False), _entry(1), *bad),
+        _step(_entry(0), _entry(1, 2), *bad),
+        _step(_entry(0, 0, False), _entry(1, 0, False), *bad),
+        _step(_entry(0, 1), _entry(1, 0, False), *bad),
+    ]
     return [
+        b"\x00" + b"".join(deep),
+        b"\x01" + b"".join(deep),
         b"\x00" + _step(*base),
         b"\x00" + _step(*base) + _step(base[0], _entry(1, 0, False), *base[2:]),
         b"\x00" + _step(*base) + _step(_entry(0, 2), *base[1:]) + _step(*base[1:]),
