@@ -8,9 +8,9 @@ files, /proc and sysfs entries); uid 65534 has nothing but the listed capabiliti
 
 * test_fwd_run_with_only_its_capabilities[xdp|raw|xdp-sys_admin|auto-with-raw-set]: the golden
   frames forwarded, byte for byte against the reference model (tests/netns/test_forwarding.py's
-  rig); the process's effective set is exactly the set; its control socket is 0600 and its own, another uid is refused; SIGTERM
-  leaves nothing behind. CAP_SYS_ADMIN stands in for CAP_BPF + CAP_PERFMON; auto with raw's set
-  falls back to raw and says why.
+  rig); the process's effective set is exactly the set; its control socket is 0600 and its own,
+  another uid is refused; SIGTERM leaves nothing behind. CAP_SYS_ADMIN stands in for CAP_BPF +
+  CAP_PERFMON; auto with raw's set falls back to raw and says why.
 * test_fwd_run_without_each_capability[xdp|raw]: the set minus any one capability: exit status 1,
   one `fwd: error:` line naming the missing capability, no traceback, nothing left installed.
 * test_redirect_with_only_its_capabilities: the whole path least-privileged: fwd-redirect attached
