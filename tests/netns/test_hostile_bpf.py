@@ -176,7 +176,16 @@ def fib_outcome_v1(hop) -> str:
     return "drop_no_route" if hop.version == 6 and hop.is_link_local else "forwarded"
 
 
-SIDES = {"v0": (NODE, fib_outcome), "v1": (NODE_V1, fib_outcome_v1)}
+# v0 with an outer source of each family (as `fwd redirect attach` derives them): hops of the
+# other family are converted (bpf_skb_change_proto) instead of dropped for want of a source
+SOURCES = {4: ("fallback", ipaddress.ip_address(rr.SELF4)), 6: ("fallback", ipaddress.ip_address(rr.SELF6))}
+NODE_SOURCES = RedirectNode(NODE.mac, ALLOWED, SOURCES)
+SIDES = {
+    "v0": (NODE, fib_outcome),
+    "v1": (NODE_V1, fib_outcome_v1),
+    "v0-sources": (NODE_SOURCES, fib_outcome),
+}
+IFNAME = {"v0": "v0", "v1": "v1", "v0-sources": "v0"}
 
 
 RC = {"drop": rr.TC_ACT_SHOT, "decap": rr.TC_ACT_OK, "ignore": rr.TC_ACT_OK}
@@ -220,7 +229,7 @@ def run_in_rig(rig: rr.Rig, frames: list[bytes], count_each: bool, side: str = "
         for f in frames:
             before = rig.prog.counters() if count_each else None
             try:
-                rc, frame_out = rig.prog.run(f, rig.ifindex[side])
+                rc, frame_out = rig.prog.run(f, rig.ifindex[IFNAME[side]])
             except RedirectError as err:
                 out.append(err)
                 continue
@@ -295,9 +304,10 @@ def _run_redirect(
 
 @pytest.mark.parametrize("name", list(hostile.GUE_CLASSES))
 def test_redirect_program_gue(redirect_rig, name):
-    frames, failures, _ = _run_redirect(redirect_rig, hostile.GUE_CLASSES[name](ENDPOINTS))
+    frames, failures, refused = _run_redirect(redirect_rig, hostile.GUE_CLASSES[name](ENDPOINTS))
     assert frames > 0
     assert not failures, _report(frames, failures)
+    print(f"{name}: {frames} frames, {refused} refused by BPF_PROG_TEST_RUN (size)")
 
 
 def test_redirect_program_hops_forwarding_off(redirect_rig):
@@ -305,6 +315,20 @@ def test_redirect_program_hops_forwarding_off(redirect_rig):
     unicast address is handed on (regression: 0.0.0.0, 127.0.0.1, 255.255.255.255, 224.0.0.1,
     ::, ::ffff:a.b.c.d were counted forwarded and given to bpf_redirect_neigh)."""
     frames, failures, _ = _run_redirect(redirect_rig, hostile.gue_hops(ENDPOINTS_V1), side="v1")
+    assert frames > 0
+    assert not failures, _report(frames, failures)
+
+
+@pytest.mark.parametrize("name", ["gue_header", "gue_hops"])
+def test_redirect_program_gue_with_sources(redirect_rig, name):
+    """Hops of the other family converted, not dropped: the conversion path under hostile input."""
+    redirect_rig.configure([(a, mode) for mode, a in (SOURCES[4], SOURCES[6])])
+    try:
+        frames, failures, _ = _run_redirect(
+            redirect_rig, hostile.GUE_CLASSES[name](ENDPOINTS), side="v0-sources"
+        )
+    finally:
+        redirect_rig.configure()
     assert frames > 0
     assert not failures, _report(frames, failures)
 
