@@ -36,6 +36,7 @@ import ipaddress
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import stat
@@ -53,7 +54,10 @@ from tests.netns import topology as tp
 from tests.netns.test_forwarding import Live, assert_clean_exit, check_outputs, golden_inputs
 
 UID, OTHER_UID = 65534, 65533
-MEMLOCK = 8 << 20  # the kernel's default RLIMIT_MEMLOCK; one AF_XDP umem is 16 MiB
+# the kernel's default RLIMIT_MEMLOCK (or less, if the hard limit is lower: raising it needs
+# CAP_SYS_RESOURCE); one AF_XDP umem is 16 MiB
+_hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+MEMLOCK = 8 << 20 if _hard == resource.RLIM_INFINITY else min(8 << 20, _hard)
 SETS = {
     "xdp": ("net_admin", "net_raw", "bpf", "perfmon", "ipc_lock"),
     "raw": ("net_admin", "net_raw"),
