@@ -5,6 +5,7 @@ frames, some 9 KB long) and grouped in named classes:
 
 * core_corpus(): Ethernet frames for the packet core and the XDP steering program, each
   with the golden config (tests/golden.py) it is meant for:
+    golden         the golden frames themselves, uncut (the baseline)
     truncated      every golden frame cut at every byte offset (lengths 0 .. len-1)
     ipv4_header    IPv4 version, IHL and total length out of range, alone and combined,
                    in plain packets and in the packet an ICMP error quotes
@@ -70,6 +71,12 @@ def _put16(frame: bytes, off: int, value: int) -> bytes:
 
 
 # ------------------------------------------------------------------------------- core corpus
+
+
+def golden_frames() -> Iterator[Case]:
+    """The golden frames themselves: the baseline (for the BPF programs, no other test runs them)."""
+    for i, fx in enumerate(golden.fixtures()):
+        yield Case("golden", f"golden #{i} ({fx.desc})", fx.frame, fx.config)
 
 
 def truncated() -> Iterator[Case]:
@@ -424,6 +431,7 @@ def size() -> Iterator[Case]:
 
 
 CORE_CLASSES: dict[str, Callable[[], Iterator[Case]]] = {
+    "golden": golden_frames,
     "truncated": truncated,
     "ipv4_header": ipv4_header,
     "checksum": checksum,

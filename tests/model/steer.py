@@ -42,12 +42,17 @@ def destination(frame: bytes) -> bytes | None:
     return None
 
 
-def steer_expect(frame: bytes, cfg: ModelConfig) -> str:
-    """ "redirect" or "pass" for one frame."""
+def shows_vip(frame: bytes, cfg: ModelConfig) -> bool:
+    """The frame shows an IP destination inside a bind prefix."""
     dst = destination(frame)
     if dst is None:
-        return "pass"
+        return False
     a = ipaddress.ip_address(dst)
-    if not any(a.version == b.prefix.version and a in b.prefix for _, _, b in cfg.binds()):
-        return "pass"
-    return "pass" if expect(frame, cfg).verdict == "pass" else "redirect"
+    return any(a.version == b.prefix.version and a in b.prefix for _, _, b in cfg.binds())
+
+
+def steer_expect(frame: bytes, cfg: ModelConfig) -> str:
+    """The steering program's answer for one frame: "redirect" or "pass"."""
+    if shows_vip(frame, cfg) and expect(frame, cfg).verdict != "pass":
+        return "redirect"
+    return "pass"

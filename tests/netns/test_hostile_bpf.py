@@ -6,7 +6,8 @@
   exactly one return code (XDP_REDIRECT or XDP_PASS), exactly one of the program's counters
   moves (redirected / passed; never redirect_failed), and the program redirects exactly the
   frames tests/model/steer.py says it must (the frames the core would not PASS, as far as
-  their destination shows) — nothing the model would leave to the kernel is taken.
+  their destination shows) — nothing the model would leave to the kernel is taken;
+  the same against the C core's own verdicts (what native/bpf/steer_vs_core.py checked).
 * fwd-redirect's tc program (native/bpf/redirect.bpf.c) in the rig of
   tests/netns/redirect_prog_rig.py: the GUE corpus and the core corpus (addressed to the rig's
   MAC). Exactly one return code, `rx` +1 for GUE and exactly one path counter (plus
@@ -25,7 +26,7 @@ import pytest
 
 from tests import golden, hostile
 from tests.model.redirect import RedirectNode, expect_redirect
-from tests.model.steer import XDP_TEST_LINEAR, steer_expect
+from tests.model.steer import XDP_TEST_LINEAR, shows_vip, steer_expect
 from tests.netns import redirect_prog_rig as rr
 from tests.netns import topology as tp
 
@@ -46,13 +47,13 @@ def _report(frames: int, failures: list[str]) -> str:
 class SteerRig:
     """steer.bpf.o on lo of namespace ns, with one AF_XDP socket (queue 0) in its XSKMAP."""
 
-    def __init__(self, ns: str):
+    def __init__(self, ns: str, obj: str = str(tp.REPO / "fwd" / "bpf" / "steer.bpf.o")):
         from fwd import native
 
         self.native, self.ns, self.config = native, ns, None
 
         def attach():
-            st = native.steer_attach(str(tp.REPO / "fwd" / "bpf" / "steer.bpf.o"), "lo", "copy")
+            st = native.steer_attach(obj, "lo", "copy")
             rt = native.runtime_new()
             native.runtime_add_xsk(rt, "lo", 0, "copy", native.steer_xsks_map_fd(st))
             return st, rt
@@ -108,11 +109,17 @@ def test_steering_program(steer, name):
             continue
         rc, moved = steer.run(case.frame)
         # the program sees the first XDP_TEST_LINEAR bytes of longer frames (the rest in fragments)
-        want = steer_expect(case.frame[:XDP_TEST_LINEAR], golden.configs()[case.config].model)
+        seen_bytes = case.frame[:XDP_TEST_LINEAR]
+        model = golden.configs()[case.config].model
+        want = steer_expect(seen_bytes, model)
         want_rc = XDP_REDIRECT if want == "redirect" else XDP_PASS
         problems = []
         if rc != want_rc:
             problems.append(f"return code {rc}, model wants {want}")
+        # and against the C core itself (native/bpf/steer_vs_core.py's check, now here)
+        core = golden.dataplane(case.config).process(seen_bytes).verdict
+        if (rc == XDP_REDIRECT) != (shows_vip(seen_bytes, model) and core != "pass"):
+            problems.append(f"return code {rc}, core verdict {core}")
         if moved != ((1, 0, 0) if rc == XDP_REDIRECT else (0, 1, 0)):
             problems.append(f"counters (redirected, passed, failed) moved by {moved} for return code {rc}")
         seen[rc] = seen.get(rc, 0) + 1
