@@ -32,7 +32,7 @@ netns-tests: setup
 # target; non-zero exit and the reproducer's path on a crash.
 FUZZ_SECONDS ?= 60
 fuzz: setup
-	$(MAKE) -s -C native/fuzz
+	$(MAKE) -s -C native/fuzz all cov
 	$(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
 bench-core: setup

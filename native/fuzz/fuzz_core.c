@@ -8,7 +8,7 @@
  * IPv4, IPv6 and mixed backend sets in every state, an empty table, a GLB
  * table. The node settings vary by variant: MTU (1500 down to 68, so
  * too-big replies and drops happen), ICMP echo forwarding, MAC overrides,
- * no IPv6 tunnel source, live-mode next hops.
+ * no IPv4 or no IPv6 tunnel source, live-mode next hops.
  *
  * Input: byte 0 picks the variant and the buffer layout, byte 1 the headroom
  * and tailroom, the rest is the frame. Every call is checked (abort() on a
@@ -104,23 +104,24 @@ static const struct bind BINDS[] = {
 	/* not in golden.py: wide prefixes, so mutated addresses still reach the deep paths */
 	{"20010db8000000000000000000000000", 32, 17, 0, 65535, FWD_HASH_SRC_ADDR | FWD_HASH_SRC_PORT, 6},
 	{"172.16.0.0", 12, 6, 1024, 65535, FWD_HASH_DST_ADDR, 1},
-	{"0.0.0.0", 0, 17, 7, 7, FWD_HASH_SRC_PORT, 6},
+	{"0.0.0.0", 1, 17, 7, 7, FWD_HASH_SRC_PORT, 6},   /* half of IPv4: the rest is not a VIP */
 };
 #define NBINDS (sizeof(BINDS) / sizeof(BINDS[0]))
 
 struct variant {
 	uint32_t mtu;
-	uint8_t echo, v6_src, macs, nexthops;
+	uint8_t echo, v4_src, v6_src, macs, nexthops;
 };
 
 static const struct variant VARIANTS[] = {
-	{1500, 0, 1, 0, 0},   /* golden */
-	{1500, 1, 1, 1, 0},   /* golden_echo + golden_mac */
-	{1500, 1, 0, 0, 0},   /* golden_v4only */
-	{576, 1, 1, 0, 0},    /* small MTU: too-big replies */
-	{120, 1, 1, 1, 0},    /* smaller than most headers: replies with a tiny MTU */
-	{9000, 1, 1, 0, 1},   /* jumbo, live next hops on some backends */
-	{68, 0, 1, 0, 1},     /* the minimum MTU the config accepts */
+	{1500, 0, 1, 1, 0, 0},   /* golden */
+	{1500, 1, 1, 1, 1, 0},   /* golden_echo + golden_mac */
+	{1500, 1, 1, 0, 0, 0},   /* golden_v4only */
+	{576, 1, 1, 1, 0, 0},    /* small MTU: too-big replies */
+	{120, 1, 1, 1, 1, 0},    /* smaller than most headers: replies with a tiny MTU */
+	{9000, 1, 1, 1, 0, 1},   /* jumbo, live next hops on some backends */
+	{68, 0, 1, 1, 0, 1},     /* the minimum MTU the config accepts */
+	{1280, 0, 0, 1, 0, 0},   /* IPv6 tunnel source only */
 };
 #define NVARIANTS (sizeof(VARIANTS) / sizeof(VARIANTS[0]))
 
@@ -211,7 +212,7 @@ static void config_build(void)
 	for (uint32_t v = 0; v < NVARIANTS; v++) {
 		struct fwd_node_spec node = {.mtu = VARIANTS[v].mtu,
 					     .forward_icmp_echo = VARIANTS[v].echo,
-					     .has_tunnel_src4 = 1,
+					     .has_tunnel_src4 = VARIANTS[v].v4_src,
 					     .has_tunnel_src6 = VARIANTS[v].v6_src,
 					     .has_src_mac = VARIANTS[v].macs,
 					     .has_dst_mac = VARIANTS[v].macs};
@@ -315,6 +316,7 @@ static void check_forward(const struct variant *var, const uint8_t *in, uint32_t
 	}
 	if (pa->family == 4) {
 		iph = 20;
+		CHECK(var->v4_src);
 		CHECK(be16(out + 12) == 0x0800);
 		CHECK(ip[0] == 0x45 && be16(ip + 2) == r->out_len - ETH_HLEN);
 		CHECK(be16(ip + 4) == 0 && be16(ip + 6) == 0x4000 && ip[8] == 64 && ip[9] == 17);

@@ -29,6 +29,8 @@ TARGETS = ("core", "table", "config")
 # per-target libFuzzer options: frames up to a jumbo frame; configs up to 16 KiB
 EXTRA = {"core": ["-max_len=9216"], "table": ["-max_len=512"], "config": ["-max_len=16384"]}
 DICTS = {"config": ROOT / "tests" / "fuzz" / "config.dict"}
+# the sources each C target is about, for the line coverage figure
+COVERED_SOURCES = {"core": ("parse.c", "encap.c", "core.c"), "table": ("table.c",)}
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Outcome:
     edges: int | None  # instrumented edges (libFuzzer's inline 8-bit counters), C targets
     reproducer: str | None
     log: Path
+    lines: str | None = None  # line coverage of COVERED_SOURCES after the run
 
     @property
     def ok(self) -> bool:
@@ -68,8 +71,38 @@ def command(target: str, seconds: int) -> list[str]:
     ]
     if target in DICTS:
         argv.append(f"-dict={DICTS[target]}")
-    dirs = [corpus, BUILD / "seeds" / target, REGRESSIONS / target]  # new units go to the first
-    return argv + [str(d) for d in dirs if d.is_dir()]
+    return argv + corpus_dirs(target)
+
+
+def corpus_dirs(target: str) -> list[str]:
+    dirs = [BUILD / "corpus" / target, BUILD / "seeds" / target, REGRESSIONS / target]  # new units: first
+    return [str(d) for d in dirs if d.is_dir()]
+
+
+def line_coverage(target: str) -> str | None:
+    """Replay the target's corpus through its coverage build; "parse.c 99.5%, ..." of lines covered."""
+    binary = BUILD / "cov" / f"fuzz_{target}"
+    if target not in COVERED_SOURCES or not binary.exists():
+        return None
+    raw, data = BUILD / "cov" / f"{target}.profraw", BUILD / "cov" / f"{target}.profdata"
+    env = dict(os.environ, LLVM_PROFILE_FILE=str(raw))
+    subprocess.run([str(binary), "-runs=0", *corpus_dirs(target)], env=env, capture_output=True, check=False)
+    subprocess.run(["llvm-profdata", "merge", "-sparse", str(raw), "-o", str(data)], check=True)
+    sources = [str(ROOT / "native" / name) for name in COVERED_SOURCES[target]]
+    report = subprocess.run(
+        ["llvm-cov", "report", str(binary), f"-instr-profile={data}", *sources],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out = []
+    for line in report.splitlines():
+        cols = line.split()
+        # Filename Regions Missed Cover Functions Missed Executed Lines Missed Cover ...
+        if cols and Path(cols[0]).name in COVERED_SOURCES[target] and len(cols) >= 10:
+            lines, missed = int(cols[7]), int(cols[8])
+            out.append(f"{Path(cols[0]).name} {lines - missed}/{lines} ({cols[9]})")
+    return ", ".join(out) or None
 
 
 def _last_int(pattern: str, text: str) -> int | None:
@@ -112,6 +145,7 @@ def run_target(target: str, seconds: int) -> Outcome:
         proc = subprocess.run(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
     text = log.read_text(errors="replace")
     outcome = parse(target, proc.returncode, text, log)
+    outcome.lines = line_coverage(target)
     if not outcome.ok:
         tail = [line for line in text.splitlines() if not line.startswith('"')][-60:]
         print("\n".join(tail), file=sys.stderr)
@@ -134,6 +168,9 @@ def summary(outcomes: list[Outcome], seconds: int) -> str:
         )
         line = "  {:<8} {:<7} {:>11} {:>7} {:>6} {:>6} {:>7}".format(*cols)
         lines.append(line + (f"   (of {o.edges} instrumented edges)" if o.edges else ""))
+    for o in outcomes:
+        if o.lines:
+            lines.append(f"  {o.target}: lines covered by its corpus: {o.lines}")
     for o in outcomes:
         if not o.ok:
             where = o.reproducer or "(none written: see the log)"

@@ -3,8 +3,8 @@
     python -m tests.fuzz.seeds DIR
 
 core:   every golden frame (tests/golden.py), prefixed with the two control bytes of
-        native/fuzz/fuzz_core.c: the variant matching the frame's golden config (and once more
-        under a small-MTU variant, so too-big replies start from real frames), default headroom.
+        native/fuzz/fuzz_core.c: the variant matching the frame's golden config, then a small-MTU
+        variant (too-big replies start from real frames) and one other, default headroom.
 table:  a few update sequences: a build, a health flip, a drain, an add and a removal, a reorder.
 config: the golden configs (TOML), examples/fwd.toml and examples/glb-forwarding-table.json.
 """
@@ -22,6 +22,7 @@ TARGETS = ("core", "table", "config")
 
 # fuzz_core.c's VARIANTS: the one that mirrors each golden config.
 CORE_VARIANT = {"golden": 0, "golden_echo": 1, "golden_mac": 1, "golden_v4only": 2, "golden_jumbo": 5}
+CORE_VARIANTS = 8
 SMALL_MTU_VARIANTS = (3, 4)  # MTU 576, 120
 DEFAULT_LAYOUT = 0x40  # FWD_MIN_HEADROOM, no tailroom
 
@@ -32,6 +33,7 @@ def core_seeds() -> list[bytes]:
         variant = CORE_VARIANT.get(f.config, 0)
         out.append(bytes([variant, DEFAULT_LAYOUT]) + f.frame)
         out.append(bytes([SMALL_MTU_VARIANTS[i % 2], DEFAULT_LAYOUT]) + f.frame)
+        out.append(bytes([(variant + 1 + i) % CORE_VARIANTS, DEFAULT_LAYOUT]) + f.frame)
     return out
 
 
@@ -88,6 +90,8 @@ def write(directory: Path) -> dict[str, Path]:
     for target in TARGETS:
         d = Path(directory) / target
         d.mkdir(parents=True, exist_ok=True)
+        for old in d.iterdir():  # seeds of an older harness layout
+            old.unlink()
         for data in makers[target]():
             (d / hashlib.sha1(data).hexdigest()).write_bytes(data)
         dirs[target] = d
