@@ -4,7 +4,9 @@
 
 core:   every golden frame (tests/golden.py), prefixed with the two control bytes of
         native/fuzz/fuzz_core.c: the variant matching the frame's golden config, then a small-MTU
-        variant (too-big replies start from real frames) and one other, default headroom.
+        variant (too-big replies start from real frames) and one other, default headroom; and
+        the small classes of tests/hostile.py's core corpus (bad headers, checksums, extension
+        chains, fragments, sizes) under their config's variant.
 table:  a few update sequences: a build, a health flip, a drain, an add and a removal, a reorder.
 config: the golden configs (TOML), examples/fwd.toml and examples/glb-forwarding-table.json.
 """
@@ -34,6 +36,22 @@ def core_seeds() -> list[bytes]:
         out.append(bytes([variant, DEFAULT_LAYOUT]) + f.frame)
         out.append(bytes([SMALL_MTU_VARIANTS[i % 2], DEFAULT_LAYOUT]) + f.frame)
         out.append(bytes([(variant + 1 + i) % CORE_VARIANTS, DEFAULT_LAYOUT]) + f.frame)
+    return out
+
+
+# tests/hostile.py's small core classes (the truncations are left to the fuzzer's own cuts)
+HOSTILE_CLASSES = ("ipv4_header", "checksum", "ipv6_ext", "fragment", "size")
+MAX_CORE_FRAME = 9200  # fuzz_core.c's MAX_FRAME
+
+
+def hostile_core_seeds() -> list[bytes]:
+    from tests import hostile
+
+    out = []
+    for cls in HOSTILE_CLASSES:
+        for c in hostile.CORE_CLASSES[cls]():
+            if len(c.frame) <= MAX_CORE_FRAME:
+                out.append(bytes([CORE_VARIANT.get(c.config, 0), DEFAULT_LAYOUT]) + c.frame)
     return out
 
 
@@ -85,7 +103,11 @@ def config_seeds() -> list[bytes]:
 
 def write(directory: Path) -> dict[str, Path]:
     """Write every target's seeds into directory/<target>/ (named by content); {target: dir}."""
-    makers = {"core": core_seeds, "table": table_seeds, "config": config_seeds}
+    makers = {
+        "core": lambda: core_seeds() + hostile_core_seeds(),
+        "table": table_seeds,
+        "config": config_seeds,
+    }
     dirs = {}
     for target in TARGETS:
         d = Path(directory) / target
