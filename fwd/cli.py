@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, NoReturn
 
-from fwd.config import Config, ConfigError, Table, bind_json, load_config
+from fwd.config import Config, ConfigError, bind_json, load_config
 
 IPAddress = IPv4Address | IPv6Address
 ROWS = 65536
@@ -661,45 +661,15 @@ def cmd_lookup(args: argparse.Namespace) -> int:
         cfg.node.tunnel_source or IPv4Address("0.0.0.0"),
         cfg.node.tunnel_source6 or IPv6Address("::"),
     ]
-    view = cfg if args.table is None else dataclasses.replace(cfg, tables=[cfg.tables[selected[0]]])
-    # global index of the first bind of each table of `view`, in the full config
-    offsets = [sum(len(t.binds) for t in cfg.tables[:i]) for i in range(len(cfg.tables))]
+    view = dataclasses.replace(cfg, tables=[cfg.tables[i] for i in selected])
     try:
         dp = dataplane_cls(view, tunnel_src=tunnel)
     except (RuntimeError, ValueError) as e:
         raise CliError(f"cannot build the data plane: {e}", EXIT_RUNTIME) from None
     res = dp.process(build_frame(args.proto, src, sport, dst, dport))
+    from fwd.dataplane import lookup_json
 
-    table: Table | None = None
-    table_index: int | None = None
-    bind_index: int | None = None
-    if res.table is not None:
-        table_index = selected[res.table] if args.table is not None else res.table
-        table = cfg.tables[table_index]
-    if res.bind is not None:
-        if args.table is not None:
-            bind_index = offsets[selected[0]] + res.bind
-        else:
-            bind_index = res.bind
-
-    def backend(i: int | None) -> str | None:
-        return None if table is None or i is None else str(table.backends[i].address)
-
-    matched = res.verdict != "pass"
-    out = {
-        "table": table.name if table else None,
-        "table_index": table_index,
-        "bind": bind_json(cfg, bind_index) if bind_index is not None else None,
-        "row": res.row if matched else None,
-        "flow_hash": f"0x{res.flow_hash:016x}" if matched else None,
-        "primary": backend(res.primary),
-        "secondary": backend(res.secondary),
-        "primary_index": res.primary if matched else None,
-        "secondary_index": res.secondary if matched else None,
-        "gue_sport": res.gue_sport if res.verdict == "forward" else None,
-        "verdict": res.verdict,
-        "reason": res.reason,
-    }
+    out = lookup_json(cfg, selected, res)
     return _lookup_exit(args, out)
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from fwd import __version__
 from fwd.api import ApiError, ControlServer
-from fwd.config import Backend, Config, ConfigError, Table, bind_json, describe_bind, load_config
+from fwd.config import Backend, Config, ConfigError, Table, describe_bind, load_config
 from fwd.logs import use_format
 from fwd.metrics import CheckView, MetricsServer, MetricsView
 from fwd.notify import Notifier
@@ -897,7 +897,7 @@ class Daemon:
 
     def lookup(self, frame: bytes, table: str | None) -> dict[str, Any]:
         """A frame through the core with the live tables (a copy of the running snapshot's rows)."""
-        from fwd.dataplane import Dataplane
+        from fwd.dataplane import Dataplane, lookup_json
 
         live = self.live
         cfg = live.cfg
@@ -913,30 +913,8 @@ class Daemon:
         ]
         dp = Dataplane(view, tables=[live.tables[i] for i in selected], tunnel_src=tunnel)
         res = dp.process(frame)
-        offsets = [sum(len(t.binds) for t in cfg.tables[:i]) for i in range(len(cfg.tables))]
-        t_index = selected[res.table] if res.table is not None else None
-        tbl = cfg.tables[t_index] if t_index is not None else None
-        bind_index = None
-        if res.bind is not None:
-            bind_index = offsets[selected[0]] + res.bind if table is not None else res.bind
-        matched = res.verdict != "pass"
-
-        def backend(i: int | None) -> str | None:
-            return None if tbl is None or i is None else str(tbl.backends[i].address)
-
         return {
-            "table": tbl.name if tbl else None,
-            "table_index": t_index,
-            "bind": bind_json(cfg, bind_index) if bind_index is not None else None,
-            "row": res.row if matched else None,
-            "flow_hash": f"0x{res.flow_hash:016x}" if matched else None,
-            "primary": backend(res.primary),
-            "secondary": backend(res.secondary),
-            "primary_index": res.primary if matched else None,
-            "secondary_index": res.secondary if matched else None,
-            "gue_sport": res.gue_sport if res.verdict == "forward" else None,
-            "verdict": res.verdict,
-            "reason": res.reason,
+            **lookup_json(cfg, selected, res),
             "generation": live.generation(),
             "live": True,
         }

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fwd import native
+from fwd.config import Config, bind_json
 from fwd.table import ForwardingTable
 
 
@@ -160,6 +161,38 @@ class Dataplane:
         floor_ns = native.bench(*args, 1)
         core_ns = native.bench(*args, 0)
         return {"packets": total, "core_ns_per_pkt": core_ns / total, "copy_ns_per_pkt": floor_ns / total}
+
+
+def lookup_json(cfg: Config, selected: Sequence[int], res: Result) -> dict[str, Any]:
+    """A lookup's answer as plain JSON values (CLI and control API).
+
+    `res` came from a Dataplane built over the tables `selected` (indices into `cfg.tables`, in
+    order); table and bind numbers in the answer are the full config's.
+    """
+    first_bind = [sum(len(t.binds) for t in cfg.tables[:i]) for i in range(len(cfg.tables))]
+    view_binds = [first_bind[ti] + j for ti in selected for j in range(len(cfg.tables[ti].binds))]
+    table_index = selected[res.table] if res.table is not None else None
+    table = cfg.tables[table_index] if table_index is not None else None
+    bind_index = view_binds[res.bind] if res.bind is not None else None
+    matched = res.verdict != "pass"
+
+    def backend(i: int | None) -> str | None:
+        return None if table is None or i is None else str(table.backends[i].address)
+
+    return {
+        "table": table.name if table else None,
+        "table_index": table_index,
+        "bind": bind_json(cfg, bind_index) if bind_index is not None else None,
+        "row": res.row if matched else None,
+        "flow_hash": f"0x{res.flow_hash:016x}" if matched else None,
+        "primary": backend(res.primary),
+        "secondary": backend(res.secondary),
+        "primary_index": res.primary if matched else None,
+        "secondary_index": res.secondary if matched else None,
+        "gue_sport": res.gue_sport if res.verdict == "forward" else None,
+        "verdict": res.verdict,
+        "reason": res.reason,
+    }
 
 
 def parse_mac(text: str) -> bytes:
