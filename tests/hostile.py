@@ -15,6 +15,8 @@ frames, some 9 KB long) and grouped in named classes:
     fragment       IPv4/IPv6 fragments with overlapping, tiny and absurd offsets
     size           0..18-byte frames, Ethernet/VLAN headers alone, and jumbo frames up to
                    64 KiB IP packets (plus trailing junk past 64 KiB)
+    mutated        20 seeded random damages per golden frame (cuts, random bytes, header
+                   bytes, padding)
 * gue_corpus(ep): GUE frames for fwd-redirect, addressed as `ep` (a GueEndpoints) says:
     gue_truncated  valid GUE frames cut at every byte (frame cut, and datagram cut with
                    consistent IP/UDP lengths)
@@ -27,6 +29,8 @@ frames, some 9 KB long) and grouped in named classes:
                    non-host MACs
     gue_hops       hop addresses that are no unicast host (0.0.0.0, loopback, broadcast,
                    multicast, ::, v4-mapped...), hops to itself and back to the L4 node
+    gue_mutated    200 seeded random damages per well-formed GUE frame (half aimed at the
+                   GUE header, hops and inner header)
 
 Expected answers come from the reference model (tests/model), never from here: this module
 only builds frames. Nothing here imports fwd.
@@ -35,6 +39,7 @@ only builds frames. Nothing here imports fwd.
 from __future__ import annotations
 
 import ipaddress
+import random
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -430,6 +435,39 @@ def size() -> Iterator[Case]:
     )
 
 
+# -- random mutations (seeded: the same frames on every run)
+
+HEADER_BYTES = (12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 34, 35, 36, 37, 38, 39, 40, 41,
+                42, 43, 46, 47, 54, 55, 56, 57, 58, 59, 60, 61, 62, 74, 75, 76, 77)  # fmt: skip
+
+
+def mutate(rnd: random.Random, frame: bytes) -> bytes:
+    """One random damage: a cut, 1-3 random bytes, a header byte, padding, or a shortened tail."""
+    b = bytearray(frame)
+    kind = rnd.randrange(5)
+    if kind == 0:
+        return bytes(b[: rnd.randrange(len(b) + 1)])
+    if kind == 1 and len(b) > 14:
+        for _ in range(rnd.randrange(1, 4)):
+            b[rnd.randrange(14, len(b))] = rnd.randrange(256)
+        return bytes(b)
+    if kind == 2:
+        i = rnd.choice(HEADER_BYTES)
+        if i < len(b):
+            b[i] = rnd.randrange(256)
+        return bytes(b)
+    if kind == 3:
+        return bytes(b) + bytes(rnd.randrange(1, 40))
+    return bytes(b[: -rnd.randrange(1, 9)]) if len(b) > 20 else bytes(b)
+
+
+def mutated(per_frame: int = 20) -> Iterator[Case]:
+    rnd = random.Random(7)
+    for i, fx in enumerate(golden.fixtures()):
+        for k in range(per_frame):
+            yield Case("mutated", f"golden #{i} ({fx.desc}), mutation {k}", mutate(rnd, fx.frame), fx.config)
+
+
 CORE_CLASSES: dict[str, Callable[[], Iterator[Case]]] = {
     "golden": golden_frames,
     "truncated": truncated,
@@ -438,6 +476,7 @@ CORE_CLASSES: dict[str, Callable[[], Iterator[Case]]] = {
     "ipv6_ext": ipv6_ext,
     "fragment": fragment,
     "size": size,
+    "mutated": mutated,
 }
 
 
@@ -723,6 +762,18 @@ def gue_hops(ep: GueEndpoints) -> Iterator[Case]:
             )
 
 
+def gue_mutated(ep: GueEndpoints, per_frame: int = 100) -> Iterator[Case]:
+    rnd = random.Random(19523)
+    for name, of, payload in _valid_gue(ep):
+        frame = gue_frame(ep, of, payload)
+        for k in range(per_frame):
+            b = bytearray(frame)  # GUE-aimed: the GUE header, hops and inner header bytes
+            for _ in range(rnd.randrange(1, 4)):
+                b[rnd.randrange(14, min(len(b), 14 + 48 + 8 + 8 + 16 + 40))] = rnd.randrange(256)
+            yield Case("gue_mutated", f"{name}: GUE mutation {k}", bytes(b))
+            yield Case("gue_mutated", f"{name}: mutation {k}", mutate(rnd, frame))
+
+
 def gue_corpus(ep: GueEndpoints) -> Iterator[Case]:
     for gen in GUE_CLASSES.values():
         yield from gen(ep)
@@ -734,6 +785,7 @@ GUE_CLASSES: dict[str, Callable[[GueEndpoints], Iterator[Case]]] = {
     "gue_inner": gue_inner,
     "gue_outer": gue_outer,
     "gue_hops": gue_hops,
+    "gue_mutated": gue_mutated,
 }
 
 
