@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from fwd import native
+from fwd import capabilities, native
 from fwd.config import Config
 from fwd.dataplane import Counters
 from fwd.nexthop import IPAddress, NextHop, NextHopThread, run_netlink
@@ -55,12 +55,6 @@ NEXTHOP_WAIT = 1.0  # seconds start() waits for neighbour resolution before the 
 
 T = TypeVar("T")
 
-CAP_NET_ADMIN = 12
-CAP_NET_RAW = 13
-CAP_IPC_LOCK = 14
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
 # One AF_XDP socket's umem (native/xsk.c: 4096 frames of 4 KiB). The kernel charges it to the
 # user's locked memory (RLIMIT_MEMLOCK) unless the process has CAP_IPC_LOCK.
 XSK_UMEM_BYTES = 4096 * 4096
@@ -77,36 +71,23 @@ class LiveError(RuntimeError):
 # what the host offers
 
 
-def effective_capabilities() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def has_capability(cap: int, caps: int | None = None) -> bool:
-    return bool((effective_capabilities() if caps is None else caps) >> cap & 1)
-
-
 def missing_capabilities(mode: str, caps: int | None = None) -> list[str]:
     """The capabilities --mode MODE lacks (docs/daemon.md, "Capabilities"): raw sockets need
     CAP_NET_ADMIN (nftables, ethtool, netlink) and CAP_NET_RAW (AF_PACKET); xdp also needs
     CAP_BPF (load the steering program) and CAP_PERFMON (the verifier refuses its pointer
     comparisons without it), both implied by CAP_SYS_ADMIN. "auto" is checked as raw: it falls
     back to raw when xdp lacks something."""
-    caps = effective_capabilities() if caps is None else caps
+    caps = capabilities.effective() if caps is None else caps
     missing = [
         name
-        for cap, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_NET_RAW, "CAP_NET_RAW"))
-        if not has_capability(cap, caps)
+        for cap, name in (
+            (capabilities.CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+            (capabilities.CAP_NET_RAW, "CAP_NET_RAW"),
+        )
+        if not capabilities.has(cap, caps)
     ]
-    if mode == "xdp" and not has_capability(CAP_SYS_ADMIN, caps):
-        for cap, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")):
-            if not has_capability(cap, caps):
-                missing.append(f"{name} (or CAP_SYS_ADMIN)")
+    if mode == "xdp":
+        missing += capabilities.missing_bpf(caps)
     return missing
 
 
@@ -127,7 +108,7 @@ def check_privileges(mode: str) -> None:
 def check_locked_memory(sockets: int) -> None:
     """Refuse AF_XDP when its umems cannot be locked: without CAP_IPC_LOCK the kernel charges
     them to RLIMIT_MEMLOCK (8 MiB by default) and bind() fails with ENOBUFS."""
-    if has_capability(CAP_IPC_LOCK):
+    if capabilities.has(capabilities.CAP_IPC_LOCK):
         return
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     need = sockets * XSK_UMEM_BYTES

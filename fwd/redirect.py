@@ -27,6 +27,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from fwd import capabilities
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -52,10 +54,6 @@ CLSACT_EGRESS = 0xFFFFFFF3
 MODES = {"explicit": 1, "fallback": 2}
 _ERRLEN = 512
 _IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
-CAP_NET_ADMIN = 12
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
 
 
 class RedirectError(RuntimeError):
@@ -249,30 +247,15 @@ def pin_dir(ifname: str) -> str:
     return f"{PIN_ROOT}/{ifname}"
 
 
-def _capabilities() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 def check_privileges(what: str, load: bool = False) -> None:
     """attach (load=True): CAP_NET_ADMIN (tc), CAP_BPF (program, maps, pins) and CAP_PERFMON (the
     verifier refuses the program's pointer comparisons without it); detach: CAP_NET_ADMIN (the
     pins are files). CAP_SYS_ADMIN implies CAP_BPF and CAP_PERFMON. stats needs none when it can
     read the pins (docs/redirect.md, "Privileges")."""
-    caps = _capabilities()
-    missing = []
-    if not caps >> CAP_NET_ADMIN & 1:
-        missing.append("CAP_NET_ADMIN")
-    admin = caps >> CAP_SYS_ADMIN & 1
-    if load and not (caps >> CAP_BPF & 1 or admin):
-        missing.append("CAP_BPF (or CAP_SYS_ADMIN)")
-    if load and not (caps >> CAP_PERFMON & 1 or admin):
-        missing.append("CAP_PERFMON (or CAP_SYS_ADMIN)")
+    caps = capabilities.effective()
+    missing = [] if capabilities.has(capabilities.CAP_NET_ADMIN, caps) else ["CAP_NET_ADMIN"]
+    if load:
+        missing += capabilities.missing_bpf(caps)
     if missing:
         who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
         raise RedirectError(f"{what} needs root: running as {who} without {', '.join(missing)}")
