@@ -1,6 +1,7 @@
 """Layer 2 of the binding: thin typed wrappers over the raw cffi extension.
 
-Nothing but this module imports fwd._fwd_native. Each wrapper converts Python
+Nothing but this module imports fwd._fwd_native (fwd.redirect takes ffi and lib from here for
+its own layer 2: the fwd-redirect loader). Each wrapper converts Python
 values to the C structs of native/fwd_api.h, checks return codes and raises
 NativeError with a message that says what was wrong.
 """

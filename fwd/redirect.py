@@ -68,8 +68,10 @@ class RedirectError(RuntimeError):
 
 
 def _native() -> tuple[Any, Any]:
+    """The extension's ffi and lib, through fwd.native (the only importer of fwd._fwd_native); the
+    import is late so that a missing build is one line of error, not an ImportError at start."""
     try:
-        from fwd._fwd_native import ffi, lib
+        from fwd.native import ffi, lib
     except ImportError as e:
         raise RedirectError(f"the C loader is not built ({e}); build it with 'make build'") from None
     if not hasattr(lib, "fwd_redirect_load"):
