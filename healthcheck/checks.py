@@ -51,18 +51,27 @@ Cost and latency
 A wake-up of the process costs more than the work of a check (tens of µs in a VM, measured in
 bench/bench_healthcheck.py), so the checks' sockets are not registered with the event loop one
 by one. They sit in one private epoll set that a :class:`_Poller` harvests once per *tick*
-(10 ms, the same grid on which the scheduler starts checks): one wake-up serves every check
+(50 ms, the same grid on which the scheduler starts checks): one wake-up serves every check
 that started, completed or timed out in that tick. TCP and HTTP use plain non-blocking sockets
-(no Protocol/transport objects), tunnel probes share their sockets. A check's wall time is thus
+(no Protocol/transport objects), tunnel probes share their sockets. Each step is first tried
+directly at the next tick — on a LAN the handshake or the answer is there by then — and only a
+socket that is not ready yet is registered with the epoll set: a TCP check is socket, connect,
+one ``TCP_INFO`` read (state and RTT), the reset and close. Whatever the checks of one spec and
+address share (address tuple, request bytes, the tunnel probe's bytes with their checksums
+precomputed, so a probe only patches its sequence number and token) is made once per probe
+(:meth:`Checker.prepare`); deadlines sit in one FIFO per timeout value. A check's wall time is thus
 rounded up to ticks, so its reported *latency* comes from the kernel instead: the handshake's
 RTT from ``TCP_INFO`` (tcp), plus the time from sending the request to the arrival of the
 first byte of the answer (``SO_TIMESTAMPNS``; http), or from sending the probe to the arrival
-of the echo reply (gue). Timeouts are honoured to within a tick. HTTPS uses asyncio's TLS
+of the echo reply (gue). Timeouts are honoured to within a tick, and a tick looks at the
+sockets before it expires anything, so an answer that is there in time is never counted as a
+timeout. No tick runs while no check is in flight. HTTPS uses asyncio's TLS
 transport on the loop (a TLS handshake costs far more than a wake-up).
 """
 
 from __future__ import annotations
 
+import _socket  # the C socket type: no Python-level __init__/close per check
 import asyncio
 import errno
 import heapq
@@ -74,9 +83,10 @@ import socket
 import ssl
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from ipaddress import IPv4Address, IPv6Address
 
 from healthcheck.config import CheckSpec
@@ -87,8 +97,9 @@ IPAddress = IPv4Address | IPv6Address
 
 log = logging.getLogger("fwd.healthcheck")
 
-# Checks start, and their sockets are harvested, on a grid of this many seconds.
-DEFAULT_TICK = 0.01
+# Checks start, and their sockets are harvested, on a grid of this many seconds: every tick is
+# a wake-up of the process (tens of µs in a VM), so 20 a second serve any number of checks.
+DEFAULT_TICK = 0.05
 
 # Linux constants the socket module may not export.
 _SOL_RAW = 255
@@ -104,6 +115,9 @@ _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0o4000)
 _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 _TCPI_RTT_OFFSET = 68  # struct tcp_info: 8 bytes of u8 fields, then u32 rto ... rcv_ssthresh, rtt
+_TCP_ESTABLISHED, _TCP_SYN_SENT, _TCP_CLOSE_WAIT = 1, 2, 8  # tcpi_state, the first byte
+_U32 = struct.Struct("I")
+_SOCK_STREAM_NONBLOCK = socket.SOCK_STREAM | _SOCK_NONBLOCK
 _ICMP_ECHO_REPLY, _ICMP_ECHO = 0, 8
 _ICMP6_ECHO, _ICMP6_ECHO_REPLY = 128, 129
 _TOKEN_MAGIC = b"fwd-hc\0\0"
@@ -194,6 +208,7 @@ class Ticker:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_k = -1
         self.firing = False
+        self.current = -1  # the grid point being (or last) fired
 
     def at(self, when: float, cb: Callable[[], None]) -> None:
         tick = self.tick
@@ -223,7 +238,8 @@ class Ticker:
         self.firing = True  # callbacks book later slots; the timer is armed once, below
         try:
             while heap and heap[0] <= limit:
-                for cb in slots.pop(heapq.heappop(heap)):
+                self.current = k = heapq.heappop(heap)
+                for cb in slots.pop(k):
                     try:
                         cb()
                     except Exception:
@@ -241,60 +257,96 @@ class Ticker:
         self.heap.clear()
 
 
-class _Wait:
-    """One pending wait: ``cb(None)`` when ready, ``cb(TimeoutError())`` at the deadline, or
-    ``cb(error)`` from whoever else finishes it; exactly once."""
+class _Run:
+    """One running check: builds its CheckResult and hands it to ``done`` exactly once.
 
-    __slots__ = ("fd", "cb", "done")
+    Subclasses say what to do at the first tick after the start (``poke``), when epoll finds
+    their socket ready (``ready``) and at the deadline (``expire``, only if still unfinished).
+    """
 
-    def __init__(self, fd: int, cb: Callable[[BaseException | None], None]) -> None:
-        self.fd = fd
-        self.cb = cb
-        self.done = False
+    __slots__ = ("t0", "timeout", "deadline", "done", "finished")
 
-    def finish(self, err: BaseException | None) -> None:
-        if not self.done:
-            self.done = True
-            self.cb(err)
+    def __init__(self, timeout: float, deadline: float, done: Callable[[CheckResult], None]) -> None:
+        self.t0 = time.perf_counter()
+        self.timeout = timeout
+        self.deadline = deadline
+        self.done = done
+        self.finished = False
+
+    def _give(self, r: CheckResult) -> None:
+        if not self.finished:
+            self.finished = True
+            self.done(r)
+
+    def ok(self, detail: str, latency: float | None) -> None:
+        if latency is None or latency < 0:
+            latency = time.perf_counter() - self.t0
+        self._give(CheckResult(True, latency, None, detail))
+
+    def fail(self, e: BaseException) -> None:
+        self._give(CheckResult(False, time.perf_counter() - self.t0, _error_text(e)))
+
+    def timeout_msg(self, what: str) -> None:
+        self._give(
+            CheckResult(False, time.perf_counter() - self.t0, f"timeout: {what} within {self.timeout:g} s")
+        )
+
+    def poke(self) -> None:
+        pass
+
+    def ready(self) -> None:
+        pass
+
+    def expire(self) -> None:
+        self.timeout_msg("no answer")
 
 
 class _Poller:
     """The checks' sockets in one private epoll set, harvested once per tick.
 
-    ``wait(fd, write, deadline, cb)`` -> a :class:`_Wait` finished at the first tick at which
-    fd is ready, or with TimeoutError at the first tick past ``deadline`` (loop time);
-    ``expire(w, deadline)`` only times a wait out; ``watch(fd, cb)`` calls cb at every tick at
-    which fd is readable (shared sockets). Ticks are requested only while something waits.
+    ``add(run)`` books a run's deadline: ``run.expire()`` at the first tick past it (runs with
+    the same timeout expire in start order, so a FIFO per timeout value is enough, no heap);
+    ``soon(run)`` calls ``run.poke()`` at the next tick, where a check first tries its
+    non-blocking step directly — on a LAN the answer is usually there, which saves the epoll
+    registration; ``wait(run, fd, events)`` registers fd (one-shot) and calls ``run.ready()``
+    at the first tick at which it is ready; ``watch(fd, cb)`` calls cb at every tick at which a
+    shared socket is readable. Ticks are requested only while some run is unfinished.
     """
 
     def __init__(self, ticker: Ticker) -> None:
         self.ticker = ticker
         self.loop = ticker.loop
         self.ep = select.epoll()
-        self.waiting: dict[int, _Wait] = {}
-        self.registered: set[int] = set()
+        self.waiting: dict[int, _Run] = {}
         self.watched: dict[int, Callable[[], None]] = {}
-        self.deadlines: list[tuple[float, int, _Wait]] = []
-        self.seq = 0
+        self.expiring: dict[float, deque[_Run]] = {}
+        self.pokes: deque[tuple[int, _Run]] = deque()
         self.scheduled = False
 
-    def wait(
-        self, fd: int, write: bool, deadline: float, cb: Callable[[BaseException | None], None]
-    ) -> _Wait:
-        events = (_EPOLLOUT if write else _EPOLLIN) | _EPOLLONESHOT
-        if fd in self.registered:
-            self.ep.modify(fd, events)
-        else:
-            self.ep.register(fd, events)
-            self.registered.add(fd)
-        w = self.waiting[fd] = _Wait(fd, cb)
-        self.expire(w, deadline)
-        return w
+    def add(self, run: _Run) -> None:
+        q = self.expiring.get(run.timeout)
+        if q is None:
+            q = self.expiring[run.timeout] = deque()
+        q.append(run)
+        if not self.scheduled:
+            self.scheduled = True
+            self.ticker.next(self._on_tick)
 
-    def forget(self, fd: int) -> None:
+    def soon(self, run: _Run) -> None:
+        # tagged with the slot being fired: a run started in this tick is poked at the next one
+        self.pokes.append((self.ticker.current, run))
+
+    def wait(self, run: _Run, fd: int, events: int, registered: bool) -> None:
+        if registered:
+            self.ep.modify(fd, events | _EPOLLONESHOT)
+        else:
+            self.ep.register(fd, events | _EPOLLONESHOT)
+        self.waiting[fd] = run
+
+    def forget(self, fd: int, run: _Run) -> None:
         """fd is about to be closed (closing removes it from the epoll set)."""
-        self.waiting.pop(fd, None)
-        self.registered.discard(fd)
+        if self.waiting.get(fd) is run:
+            del self.waiting[fd]
 
     def watch(self, fd: int, callback: Callable[[], None]) -> None:
         self.ep.register(fd, _EPOLLIN)
@@ -307,59 +359,49 @@ class _Poller:
             except OSError:
                 pass
 
-    def expire(self, w: _Wait, deadline: float) -> None:
-        self.seq += 1
-        heapq.heappush(self.deadlines, (deadline, self.seq, w))
-        if not self.scheduled:
-            self.scheduled = True
-            self.ticker.next(self._on_tick)
-
     def _on_tick(self) -> None:
         self.scheduled = False
+        pokes, now_k = self.pokes, self.ticker.current
+        while pokes and pokes[0][0] < now_k:
+            run = pokes.popleft()[1]
+            if not run.finished:
+                run.poke()
+        waiting, watched = self.waiting, self.watched
         while True:
             ready = self.ep.poll(0, 1024)
             for fd, _ in ready:
-                w = self.waiting.pop(fd, None)
-                if w is not None:
-                    w.finish(None)
+                run = waiting.pop(fd, None)
+                if run is not None:
+                    if not run.finished:
+                        run.ready()
                     continue
-                cb = self.watched.get(fd)
+                cb = watched.get(fd)
                 if cb is not None:
                     cb()
             if len(ready) < 1024:
                 break
         now = self.loop.time()
-        dl = self.deadlines
-        while dl and (dl[0][0] <= now or dl[0][2].done):
-            w = heapq.heappop(dl)[2]
-            if not w.done:
-                if self.waiting.get(w.fd) is w:
-                    del self.waiting[w.fd]
-                w.finish(TimeoutError())
-        if dl and not self.scheduled:
+        busy = bool(pokes)
+        for q in self.expiring.values():
+            # finished runs leave from the front too: once every run is done, no more ticks
+            while q and (q[0].finished or q[0].deadline <= now):
+                run = q.popleft()
+                if not run.finished:
+                    run.expire()
+            busy = busy or bool(q)
+        if busy and not self.scheduled:
             self.scheduled = True
             self.ticker.next(self._on_tick)
 
     def close(self) -> None:
-        self.deadlines.clear()
+        self.expiring.clear()
+        self.pokes.clear()
         self.waiting.clear()
         self.ep.close()
 
 
 # --------------------------------------------------------------------------------------------
 # TCP and HTTP
-
-
-def _handshake_rtt(sock: socket.socket) -> float | None:
-    """The kernel's RTT estimate (seconds) right after the handshake: the SYN -> SYN-ACK time."""
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_RTT_OFFSET + 4)
-    except OSError:
-        return None
-    if len(info) < _TCPI_RTT_OFFSET + 4:
-        return None
-    (rtt_us,) = struct.unpack_from("I", info, _TCPI_RTT_OFFSET)
-    return rtt_us * 1e-6 if rtt_us else None
 
 
 def _http_request(spec: CheckSpec, address: IPAddress) -> bytes:
@@ -389,42 +431,120 @@ def _status_of(buf: bytes) -> int | None:
     return int(parts[1])
 
 
-class _HttpAnswer:
-    """Reads an HTTP answer up to its status line, one harvest at a time."""
+class _TcpPlan:
+    """What every check of one tcp/http spec of one address shares: the address tuple to
+    connect to, the request bytes, the texts. Made once per probe (``Checker.prepare``)."""
 
-    __slots__ = ("poller", "sock", "spec", "deadline", "finish", "rtt", "sent", "close", "buf", "first")
+    __slots__ = ("poller", "spec", "family", "dest", "bind", "http", "request", "status")
 
-    def __init__(
-        self,
-        poller: _Poller,
-        sock: socket.socket,
-        spec: CheckSpec,
-        deadline: float,
-        finish: _Finish,
-        rtt: float | None,
-        sent: float,
-        close: Callable[[], None],
-    ) -> None:
-        self.poller, self.sock, self.spec, self.deadline = poller, sock, spec, deadline
-        self.finish, self.rtt, self.sent, self.close = finish, rtt, sent, close
+    def __init__(self, poller: _Poller, spec: CheckSpec, address: IPAddress) -> None:
+        self.poller = poller
+        self.spec = spec
+        self.family, host = _target(address)
+        self.dest = (host, spec.port)
+        self.bind = (str(spec.source), 0) if spec.source is not None else None
+        self.http = spec.kind == "http"
+        self.request = _http_request(spec, address) if self.http else b""
+        self.status = spec.status
+
+    def __call__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
+        poller = self.poller
+        run = _TcpRun(timeout, poller.loop.time() + timeout, done, self)
+        try:
+            sock = run.sock = _socket.socket(self.family, _SOCK_STREAM_NONBLOCK)
+        except OSError as e:
+            run.fail(e)
+            return
+        run.fd = sock.fileno()
+        try:
+            if self.bind is not None:
+                sock.bind(self.bind)
+            code = sock.connect_ex(self.dest)
+            if code and code != errno.EINPROGRESS:
+                raise OSError(code, os.strerror(code))
+        except OSError as e:
+            run.close()
+            run.fail(e)
+            return
+        poller.add(run)
+        poller.soon(run)  # connected by the next tick on a LAN: TCP_INFO says so, no epoll
+
+
+class _TcpRun(_Run):
+    """One tcp or http check: connect (state and RTT from TCP_INFO), then for http send the GET
+    and read up to the status line."""
+
+    __slots__ = ("plan", "sock", "fd", "registered", "rtt", "sent", "buf", "first")
+
+    def __init__(self, timeout: float, deadline: float, done: Callable[[CheckResult], None], plan: _TcpPlan):
+        _Run.__init__(self, timeout, deadline, done)
+        self.plan = plan
+        self.registered = False
+        self.rtt: float | None = None
+        self.sent = 0.0  # 0 while connecting; time.time() the request left once sent
         self.buf = b""
         self.first: float | None = None
 
-    def wait(self) -> None:
-        self.poller.wait(self.sock.fileno(), False, self.deadline, self.readable)
+    def close(self) -> None:
+        self.plan.poller.forget(self.fd, self)
+        _reset_close(self.sock)
 
-    def readable(self, err: BaseException | None) -> None:
-        if isinstance(err, TimeoutError):
+    def poke(self) -> None:
+        if self.sent:
+            self._read()
+        else:
+            self._connecting()
+
+    ready = poke
+
+    def expire(self) -> None:
+        self.close()
+        self.timeout_msg("no answer")
+
+    def _wait(self, events: int) -> None:
+        self.plan.poller.wait(self, self.fd, events, self.registered)
+        self.registered = True
+
+    def _connecting(self) -> None:
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_RTT_OFFSET + 4)
+        except OSError as e:
             self.close()
-            self.finish.timeout_msg("no answer")
+            self.fail(e)
+            return
+        state = info[0]
+        if state == _TCP_SYN_SENT:
+            self._wait(_EPOLLOUT)
+            return
+        if state != _TCP_ESTABLISHED and state != _TCP_CLOSE_WAIT:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self.close()
+            self.fail(OSError(code, os.strerror(code)) if code else _CheckFailed("connection reset"))
+            return
+        rtt_us = _U32.unpack_from(info, _TCPI_RTT_OFFSET)[0]
+        self.rtt = rtt_us * 1e-6 if rtt_us else None
+        plan = self.plan
+        if not plan.http:
+            self.close()
+            self.ok("connected", self.rtt)
             return
         try:
-            if err is not None:
-                raise err
+            self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            self.sent = time.time()
+            if self.sock.send(plan.request) != len(plan.request):  # a few hundred bytes, empty buffer
+                raise _CheckFailed("could not send the request at once")
+        except (OSError, _CheckFailed) as e:
+            self.close()
+            self.fail(e)
+            return
+        plan.poller.soon(self)  # the answer is usually there by the next tick
+
+    def _read(self) -> None:
+        try:
             try:
                 chunk, anc, _, _ = self.sock.recvmsg(4096, _CMSG_TS)
             except (BlockingIOError, InterruptedError):
-                self.wait()
+                self._wait(_EPOLLIN)
                 return
             if not chunk:
                 raise _CheckFailed("connection closed before an HTTP status line")
@@ -433,20 +553,20 @@ class _HttpAnswer:
             self.buf += chunk
             status = _status_of(self.buf)
             if status is None:
-                self.wait()
+                self._wait(_EPOLLIN)
                 return
         except (OSError, _CheckFailed) as e:
             self.close()
-            self.finish.fail(e)
+            self.fail(e)
             return
         self.close()
-        if status != self.spec.status:
-            self.finish.fail(_CheckFailed(f"HTTP {status}, expected {self.spec.status}"))
+        if status != self.plan.status:
+            self.fail(_CheckFailed(f"HTTP {status}, expected {self.plan.status}"))
             return
         latency = None
         if self.first is not None and self.rtt is not None:
             latency = self.rtt + max(0.0, self.first - self.sent)
-        self.finish.ok(f"HTTP {status}", latency)
+        self.ok(f"HTTP {status}", latency)
 
 
 class _TlsProbe(asyncio.Protocol):
@@ -543,27 +663,206 @@ def _icmp6_of(packet: bytes) -> bytes:
     return packet
 
 
+def _sum16(data: bytes) -> int:
+    """Sum of the big-endian 16-bit words of data (even length), not folded."""
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def _fold(s: int) -> int:
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _sum_counter(c: int) -> int:
+    return (c >> 48) + ((c >> 32) & 0xFFFF) + ((c >> 16) & 0xFFFF) + (c & 0xFFFF)
+
+
+_PROBE4 = struct.Struct("!8s4sH4sH8sHHHH12sQ")  # head, IPv4 (id, csum), ICMP (csum, id, seq), token
+_PROBE6 = struct.Struct("!8s40sHHHH12sQ")  # head, IPv6, ICMPv6 (type/code, csum, id, seq), token
+
+
+class _ProbeTemplate:
+    """The bytes of build_tunnel_probe(kind, src, dst, ident, seq, token) for one (kind, src,
+    dst), with the fixed parts and their checksum sums computed once: a probe only differs in
+    its sequence number (also the IPv4 id) and the counter at the end of its token
+    (``_TOKEN_MAGIC + nonce + counter``, 8 bytes big-endian)."""
+
+    __slots__ = ("head", "v4", "fixed", "ident", "tok", "ip_sum", "icmp_sum")
+
+    def __init__(self, kind: str, src: IPAddress, dst: IPAddress, ident: int, nonce: bytes) -> None:
+        self.head = build_tunnel_probe(kind, src, dst, ident, 0, b"")[:8]
+        self.v4 = dst.version == 4
+        self.ident = ident
+        self.tok = _TOKEN_MAGIC + nonce
+        icmp_len = 8 + len(self.tok) + 8
+        fixed_icmp = _sum16(struct.pack("!HH", 0, ident) + self.tok)
+        if self.v4:
+            w1 = struct.pack("!BBH", 0x45, 0, 20 + icmp_len)
+            w3 = struct.pack("!HBB", 0x4000, 64, 1)
+            self.fixed = (w1, w3, src.packed + dst.packed)
+            self.ip_sum = _sum16(w1 + w3 + src.packed + dst.packed)
+            self.icmp_sum = fixed_icmp + (_ICMP_ECHO << 8)
+        else:
+            ip6 = struct.pack("!IHBB16s16s", 6 << 28, icmp_len, 58, 64, src.packed, dst.packed)
+            self.fixed = (ip6,)
+            self.ip_sum = 0
+            pseudo = src.packed + dst.packed + struct.pack("!I3xB", icmp_len, 58)
+            self.icmp_sum = fixed_icmp + (_ICMP6_ECHO << 8) + _sum16(pseudo)
+
+    def build(self, counter: int) -> bytes:
+        seq = counter & 0xFFFF
+        var = seq + _sum_counter(counter)
+        if self.v4:
+            w1, w3, addrs = self.fixed
+            ipc = _fold(self.ip_sum + seq)
+            icmpc = _fold(self.icmp_sum + var)
+            return _PROBE4.pack(
+                self.head, w1, seq, w3, ipc, addrs, _ICMP_ECHO << 8, icmpc, self.ident, seq, self.tok, counter
+            )
+        icmpc = _fold(self.icmp_sum + var)
+        return _PROBE6.pack(
+            self.head, self.fixed[0], _ICMP6_ECHO << 8, icmpc, self.ident, seq, self.tok, counter
+        )
+
+
+class _TunnelPlan:
+    """What every probe of one tunnel spec of one address shares: the destination, the socket
+    it leaves by, the route's source address (re-checked every minute) and the probe template."""
+
+    __slots__ = (
+        "prober",
+        "spec",
+        "address",
+        "family",
+        "host",
+        "dest",
+        "tx",
+        "src",
+        "src_until",
+        "template",
+        "detail",
+    )
+
+    def __init__(self, prober: _TunnelProber, spec: CheckSpec, address: IPAddress) -> None:
+        self.prober = prober
+        self.spec = spec
+        self.address = address
+        self.family, self.host = _target(address)
+        self.dest = (self.host, spec.port)
+        self.tx: socket.socket | None = None
+        self.src: IPAddress | None = None
+        self.src_until = -math.inf
+        self.template: _ProbeTemplate | None = None
+        self.detail = ""
+
+    def _refresh(self, now: float) -> None:
+        prober = self.prober
+        src = prober.source_for(self.family, self.host, self.spec.source)
+        if src != self.src or self.template is None:
+            self.src = src
+            self.template = _ProbeTemplate(self.spec.kind, src, self.address, prober.ident, prober.nonce)
+            self.detail = f"echo reply from {self.host} to {src}"
+        self.src_until = now + _SOURCE_TTL
+
+    def __call__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
+        prober = self.prober
+        now = prober.loop.time()
+        run = _TunnelRun(timeout, now + timeout, done, self)
+        try:
+            if self.tx is None:
+                prober.rx_socket(self.family)
+                self.tx = prober.tx_socket(self.family, self.spec.source)
+            if now >= self.src_until:
+                self._refresh(now)
+        except PermissionError as e:
+            run.fail(_CheckFailed(f"raw ICMP socket needs root or CAP_NET_RAW ({e.strerror})"))
+            return
+        except (OSError, ValueError) as e:
+            run.fail(e)
+            return
+        assert self.template is not None
+        prober.counter += 1
+        run.counter = c = prober.counter
+        payload = self.template.build(c)
+        prober.pending[c] = run
+        lst = prober.by_dest.get(self.dest)
+        if lst is None:
+            prober.by_dest[self.dest] = [run]
+        else:
+            lst.append(run)
+        for attempt in (0, 1):
+            try:
+                run.sent = time.time()
+                self.tx.sendto(payload, self.dest)
+                break
+            except OSError as e:
+                # an ICMP error of an earlier probe (any destination) fails the next send once;
+                # its report is on the error queue, so send again
+                if attempt or e.errno not in _ASYNC_SEND_ERRORS:
+                    run.end()
+                    run.fail(e if e.errno not in _ASYNC_SEND_ERRORS else _CheckFailed(_error_text(e)))
+                    return
+        prober.poller.add(run)
+
+
+class _TunnelRun(_Run):
+    """One tunnel probe in flight: ended by its echo reply, an ICMP error or its deadline."""
+
+    __slots__ = ("plan", "counter", "sent")
+
+    def __init__(
+        self, timeout: float, deadline: float, done: Callable[[CheckResult], None], plan: _TunnelPlan
+    ) -> None:
+        _Run.__init__(self, timeout, deadline, done)
+        self.plan = plan
+        self.counter = 0
+        self.sent = 0.0
+
+    def end(self) -> None:
+        prober = self.plan.prober
+        prober.pending.pop(self.counter, None)
+        lst = prober.by_dest.get(self.plan.dest)
+        if lst is not None:
+            if self in lst:
+                lst.remove(self)
+            if not lst:
+                del prober.by_dest[self.plan.dest]
+
+    def answered(self, at: float | None) -> None:
+        self.end()
+        self.ok(self.plan.detail, at - self.sent if at is not None else None)
+
+    def error(self, err: int) -> None:
+        self.end()
+        self.fail(_tunnel_failure(self.plan.spec.kind, self.plan.spec.port, err))
+
+    def expire(self) -> None:
+        self.end()
+        self.timeout_msg("no echo reply through the tunnel")
+
+
 class _TunnelProber:
-    """Sends tunnel probes and matches the echo replies that come back (one per Checker)."""
+    """The sockets tunnel probes share (one per Checker) and the matching of their answers."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, poller: _Poller) -> None:
         self.loop = loop
         self.poller = poller
         self.rx: dict[int, socket.socket] = {}
         self.tx: dict[tuple[int, IPAddress | None], socket.socket] = {}
-        self.sources: dict[tuple[IPAddress, IPAddress | None], tuple[IPAddress, float]] = {}
         # identifier of our echo requests; the token in the payload makes each probe unique
         self.ident = (os.getpid() ^ int.from_bytes(os.urandom(2), "big")) & 0xFFFF
         self.ident_bytes = struct.pack("!H", self.ident)
         self.nonce = os.urandom(4)
+        self.token_head = _TOKEN_MAGIC + self.nonce
         self.counter = 0
-        # token -> (backend address text, wait); (address text, port) -> waits, for ICMP errors
-        self.pending: dict[bytes, tuple[str, _Wait]] = {}
-        self.by_dest: dict[tuple[str, int], set[_Wait]] = {}
+        # counter -> run; (address text, port) -> runs, for ICMP errors
+        self.pending: dict[int, _TunnelRun] = {}
+        self.by_dest: dict[tuple[str, int], list[_TunnelRun]] = {}
 
     # -- sockets ---------------------------------------------------------------------------
 
-    def _rx_socket(self, family: int) -> None:
+    def rx_socket(self, family: int) -> None:
         if family in self.rx:
             return
         if family == socket.AF_INET:
@@ -581,7 +880,7 @@ class _TunnelProber:
         self.poller.watch(s.fileno(), lambda: self._on_answer(s, parse))
         self.rx[family] = s
 
-    def _tx_socket(self, family: int, source: IPAddress | None) -> socket.socket:
+    def tx_socket(self, family: int, source: IPAddress | None) -> socket.socket:
         s = self.tx.get((family, source))
         if s is None:
             s = socket.socket(family, socket.SOCK_DGRAM | _SOCK_NONBLOCK)
@@ -602,39 +901,34 @@ class _TunnelProber:
             self.tx[(family, source)] = s
         return s
 
-    def _source_for(self, family: int, address: IPAddress, host: str, source: IPAddress | None) -> IPAddress:
-        """The source address the kernel uses towards address (a connected socket's), cached."""
-        key = (address, source)
-        now = self.loop.time()
-        hit = self.sources.get(key)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+    @staticmethod
+    def source_for(family: int, host: str, source: IPAddress | None) -> IPAddress:
+        """The source address the kernel uses towards host (a connected socket's)."""
         with socket.socket(family, socket.SOCK_DGRAM) as s:
             if source is not None:
                 s.bind((str(source), 0))
             s.connect((host, 9))
             src_text = s.getsockname()[0].split("%", 1)[0]
-        src = IPv4Address(src_text) if family == socket.AF_INET else IPv6Address(src_text)
-        self.sources[key] = (src, now + _SOURCE_TTL)
-        return src
+        return IPv4Address(src_text) if family == socket.AF_INET else IPv6Address(src_text)
 
     # -- answers and errors (called by the poller) -----------------------------------------
 
     def _on_answer(self, s: socket.socket, parse: Callable[[bytes], bytes]) -> None:
+        ident, head, pending = self.ident_bytes, self.token_head, self.pending
         while True:
             try:
                 data, anc, _, addr = s.recvmsg(2048, _CMSG_TS)
             except OSError:  # BlockingIOError: drained
                 return
             icmp = parse(data)
-            if len(icmp) < 8 + len(_TOKEN_MAGIC) or icmp[4:6] != self.ident_bytes:
+            if len(icmp) != 28 or icmp[4:6] != ident or icmp[8:20] != head:  # 8 + token (20)
+                continue  # not ours
+            run = pending.get(int.from_bytes(icmp[20:28], "big"))
+            if run is None or run.finished:
+                continue  # a duplicate, or too late
+            if addr[0].split("%", 1)[0] != run.plan.host:
                 continue
-            entry = self.pending.get(bytes(icmp[8:]))
-            if entry is None or entry[1].done:
-                continue  # not ours, a duplicate, or too late
-            if addr[0].split("%", 1)[0] != entry[0]:
-                continue
-            entry[1].finish(_Arrived(_timestamp(anc)))
+            run.answered(_timestamp(anc))
 
     def _on_error(self, s: socket.socket) -> None:
         while True:
@@ -648,55 +942,8 @@ class _TunnelProber:
                     (err,) = struct.unpack_from("=I", data)
             if not err or not addr:
                 continue
-            for w in tuple(self.by_dest.get((addr[0].split("%", 1)[0], addr[1]), ())):
-                w.finish(OSError(err, os.strerror(err)))
-
-    # -- a probe ---------------------------------------------------------------------------
-
-    def start(self, spec: CheckSpec, address: IPAddress, deadline: float, finish: _Finish) -> None:
-        """Send one probe; ``finish`` gets the result when the answer, an ICMP error or the
-        deadline (loop time) comes."""
-        family, host = _target(address)
-        self._rx_socket(family)
-        tx = self._tx_socket(family, spec.source)
-        src = self._source_for(family, address, host, spec.source)
-        self.counter += 1
-        token = _TOKEN_MAGIC + self.nonce + self.counter.to_bytes(8, "big")
-        payload = build_tunnel_probe(spec.kind, src, address, self.ident, self.counter & 0xFFFF, token)
-        dest = (host, spec.port)
-        sent = 0.0
-
-        def done(how: BaseException | None) -> None:
-            del self.pending[token]
-            waiting.discard(w)
-            if not waiting:
-                self.by_dest.pop(dest, None)
-            if isinstance(how, _Arrived):
-                latency = how.at - sent if how.at is not None else None
-                finish.ok(f"echo reply from {host} to {src}", latency)
-            elif isinstance(how, TimeoutError):
-                finish.timeout_msg("no echo reply through the tunnel")
-            elif isinstance(how, OSError):
-                finish.fail(_tunnel_failure(spec.kind, spec.port, how.errno or 0))
-            else:
-                finish.fail(how or _CheckFailed("cancelled"))
-
-        w = _Wait(-1, done)
-        self.pending[token] = (host, w)
-        waiting = self.by_dest.setdefault(dest, set())
-        waiting.add(w)
-        for attempt in (0, 1):
-            try:
-                sent = time.time()
-                tx.sendto(payload, dest)
-                break
-            except OSError as e:
-                # an ICMP error of an earlier probe (any destination) fails the next send once;
-                # its report is on the error queue, so send again
-                if attempt or e.errno not in _ASYNC_SEND_ERRORS:
-                    w.finish(e if e.errno not in _ASYNC_SEND_ERRORS else _CheckFailed(_error_text(e)))
-                    return
-        self.poller.expire(w, deadline)
+            for run in tuple(self.by_dest.get((addr[0].split("%", 1)[0], addr[1]), ())):
+                run.error(err)
 
     def close(self) -> None:
         for s in (*self.rx.values(), *self.tx.values()):
@@ -706,44 +953,7 @@ class _TunnelProber:
         self.tx.clear()
 
 
-class _Arrived(Exception):
-    """The echo reply arrived (at ``at``, CLOCK_REALTIME seconds, from the kernel)."""
-
-    def __init__(self, at: float | None) -> None:
-        self.at = at
-
-
 # --------------------------------------------------------------------------------------------
-
-
-class _Finish:
-    """Builds the CheckResult of one check and hands it to ``done`` exactly once."""
-
-    __slots__ = ("t0", "timeout", "done", "finished")
-
-    def __init__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
-        self.t0 = time.perf_counter()
-        self.timeout = timeout
-        self.done = done
-        self.finished = False
-
-    def _give(self, r: CheckResult) -> None:
-        if not self.finished:
-            self.finished = True
-            self.done(r)
-
-    def ok(self, detail: str, latency: float | None) -> None:
-        if latency is None or latency < 0:
-            latency = time.perf_counter() - self.t0
-        self._give(CheckResult(True, latency, None, detail))
-
-    def fail(self, e: BaseException) -> None:
-        self._give(CheckResult(False, time.perf_counter() - self.t0, _error_text(e)))
-
-    def timeout_msg(self, what: str) -> None:
-        self._give(
-            CheckResult(False, time.perf_counter() - self.t0, f"timeout: {what} within {self.timeout:g} s")
-        )
 
 
 class Checker:
@@ -751,7 +961,9 @@ class Checker:
 
     ``start(spec, address, timeout, done)`` starts a check now; ``done(CheckResult)`` is called
     once, from the loop. ``await run(spec, address, timeout)`` does the same for one check.
-    Neither raises for a failed check. ``tick``: the grid (seconds) on which sockets are
+    Neither raises for a failed check. ``prepare(spec, address)`` returns a starter
+    ``starter(timeout, done)`` with everything the checks of that spec and address share made
+    once (the scheduler keeps one per probe). ``tick``: the grid (seconds) on which sockets are
     harvested (module notes); ``ticker`` is shared with the scheduler. ``close()`` releases the
     shared sockets.
     """
@@ -762,7 +974,9 @@ class Checker:
         self._poller: _Poller | None = None
         self._tunnel: _TunnelProber | None = None
         self._tls: dict[bool, ssl.SSLContext] = {}
-        self._requests: dict[tuple[CheckSpec, IPAddress], bytes] = {}
+        self._plans: dict[
+            tuple[CheckSpec, IPAddress], Callable[[float, Callable[[CheckResult], None]], None]
+        ] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -771,6 +985,12 @@ class Checker:
         if self._ticker is None:
             self._ticker = Ticker(asyncio.get_running_loop(), self.tick)
         return self._ticker
+
+    @property
+    def poller(self) -> _Poller:
+        if self._poller is None:
+            self._poller = _Poller(self.ticker)
+        return self._poller
 
     def _tls_context(self, verify: bool) -> ssl.SSLContext:
         ctx = self._tls.get(verify)
@@ -794,117 +1014,42 @@ class Checker:
         self.start(spec, address, timeout, done)
         return await fut
 
+    def prepare(
+        self, spec: CheckSpec, address: IPAddress
+    ) -> Callable[[float, Callable[[CheckResult], None]], None]:
+        """The starter of checks of spec at address (call from the running loop)."""
+        if spec.kind == "tcp" or spec.kind == "http":
+            return _TcpPlan(self.poller, spec, address)
+        if spec.kind == "https":
+            return partial(self._start_https, spec, address)
+        if self._tunnel is None:
+            self._tunnel = _TunnelProber(self.ticker.loop, self.poller)
+        return _TunnelPlan(self._tunnel, spec, address)
+
     def start(
         self, spec: CheckSpec, address: IPAddress, timeout: float, done: Callable[[CheckResult], None]
     ) -> None:
-        ticker = self.ticker
-        poller = self._poller
-        if poller is None:
-            poller = self._poller = _Poller(ticker)
-        finish = _Finish(timeout, done)
-        deadline = ticker.loop.time() + timeout
-        kind = spec.kind
-        try:
-            if kind == "tcp" or kind == "http":
-                self._start_tcp(poller, spec, address, deadline, finish)
-            elif kind == "https":
-                task = ticker.loop.create_task(self._https(spec, address, timeout, finish))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            else:
-                if self._tunnel is None:
-                    self._tunnel = _TunnelProber(ticker.loop, poller)
-                self._tunnel.start(spec, address, deadline, finish)
-        except PermissionError as e:
-            if spec.is_tunnel:
-                finish.fail(_CheckFailed(f"raw ICMP socket needs root or CAP_NET_RAW ({e.strerror})"))
-            else:
-                finish.fail(e)
-        except (OSError, ValueError, _CheckFailed) as e:
-            finish.fail(e)
-
-    # -- tcp and http ----------------------------------------------------------------------
-
-    def _start_tcp(
-        self, poller: _Poller, spec: CheckSpec, address: IPAddress, deadline: float, finish: _Finish
-    ) -> None:
-        family, host = _target(address)
-        sock = socket.socket(family, socket.SOCK_STREAM | _SOCK_NONBLOCK)
-        fd = sock.fileno()
-
-        def close() -> None:
-            poller.forget(fd)
-            _reset_close(sock)
-
-        def connected(err: BaseException | None) -> None:
-            if err is None:
-                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if code:
-                    err = OSError(code, os.strerror(code))
-            if err is not None:
-                close()
-                if isinstance(err, TimeoutError):
-                    finish.timeout_msg("no answer")
-                else:
-                    finish.fail(err)
-                return
-            rtt = _handshake_rtt(sock)
-            if spec.kind == "tcp":
-                close()
-                finish.ok("connected", rtt)
-                return
-            try:
-                self._send_request(poller, sock, spec, address, deadline, finish, rtt, close)
-            except (OSError, _CheckFailed) as e:
-                close()
-                finish.fail(e)
-
-        try:
-            if spec.source is not None:
-                sock.bind((str(spec.source), 0))
-            code = sock.connect_ex((host, spec.port))
-            if code not in (0, errno.EINPROGRESS):
-                raise OSError(code, os.strerror(code))
-        except BaseException:
-            close()
-            raise
-        if code == 0:
-            connected(None)
-        else:
-            poller.wait(fd, True, deadline, connected)
-
-    def _send_request(
-        self,
-        poller: _Poller,
-        sock: socket.socket,
-        spec: CheckSpec,
-        address: IPAddress,
-        deadline: float,
-        finish: _Finish,
-        rtt: float | None,
-        close: Callable[[], None],
-    ) -> None:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-        request = self._request(spec, address)
-        sent = time.time()
-        if sock.send(request) != len(request):  # a few hundred bytes into an empty buffer
-            raise _CheckFailed("could not send the request at once")
-        _HttpAnswer(poller, sock, spec, deadline, finish, rtt, sent, close).wait()
-
-    def _request(self, spec: CheckSpec, address: IPAddress) -> bytes:
-        req = self._requests.get((spec, address))
-        if req is None:
-            if len(self._requests) > 65536:
-                self._requests.clear()
-            req = self._requests[(spec, address)] = _http_request(spec, address)
-        return req
+        plan = self._plans.get((spec, address))
+        if plan is None:
+            if len(self._plans) > 65536:
+                self._plans.clear()
+            plan = self._plans[(spec, address)] = self.prepare(spec, address)
+        plan(timeout, done)
 
     # -- https (asyncio's TLS transport) ---------------------------------------------------
 
-    async def _https(self, spec: CheckSpec, address: IPAddress, timeout: float, finish: _Finish) -> None:
+    def _start_https(
+        self, spec: CheckSpec, address: IPAddress, timeout: float, done: Callable[[CheckResult], None]
+    ) -> None:
+        run = _Run(timeout, 0.0, done)
+        task = self.ticker.loop.create_task(self._https(spec, address, timeout, run))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _https(self, spec: CheckSpec, address: IPAddress, timeout: float, run: _Run) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[int] = loop.create_future()
-        request = self._request(spec, address)
+        request = _http_request(spec, address)
         server_hostname = spec.host or str(address)
         if not spec.tls_verify and not spec.host:
             server_hostname = ""  # no SNI for a bare address, and nothing to verify
@@ -924,19 +1069,20 @@ class Checker:
                 finally:
                     transport.abort()
         except TimeoutError:
-            finish.timeout_msg("no answer")
+            run.timeout_msg("no answer")
             return
         except (OSError, ValueError, EOFError, _CheckFailed) as e:
-            finish.fail(e)
+            run.fail(e)
             return
         if status != spec.status:
-            finish.fail(_CheckFailed(f"HTTP {status}, expected {spec.status}"))
+            run.fail(_CheckFailed(f"HTTP {status}, expected {spec.status}"))
         else:
-            finish.ok(f"HTTP {status}", None)
+            run.ok(f"HTTP {status}", None)
 
     def close(self) -> None:
         for t in self._tasks:
             t.cancel()
+        self._plans.clear()
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None

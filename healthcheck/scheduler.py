@@ -2,7 +2,7 @@
 
 :class:`HealthChecker` runs on the daemon's event loop (uvloop) with no task and no thread per
 check: a *probe* (one check spec of one address with one timing) is a small record whose next
-start is booked on the checker's tick grid (10 ms), so all the checks due in a tick start in one
+start is booked on the checker's tick grid (50 ms), so all the checks due in a tick start in one
 loop iteration, and results come back as callbacks (healthcheck/checks.py). Targets that share
 an identical probe (the same backend listed in two tables with the same checks) share its runs
 and its state.
@@ -129,6 +129,10 @@ class ProbeState:
     active: bool = True  # False once no target lists it
     running: bool = False  # a check is in flight
     due: float = 0.0  # loop time of the next start
+    # made once per probe: the checker's starter (timeout, done) and the scheduler's callbacks
+    launch: Callable[[float, Callable[[CheckResult], None]], None] | None = field(default=None, repr=False)
+    on_start: Callable[[], None] | None = field(default=None, repr=False)
+    on_done: Callable[[CheckResult], None] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -224,8 +228,12 @@ class HealthChecker:
         p = self._probes.get(pk)
         if p is None:
             p = self._probes[pk] = ProbeState(t.address, spec, t.timing)
+            prepare = getattr(self.checker, "prepare", None)  # a stand-in checker may lack it
+            p.launch = prepare(spec, t.address) if prepare else partial(self.checker.start, spec, t.address)
+            p.on_start = partial(self._start, p)
+            p.on_done = partial(self._done, p)
             p.due = loop.time() + self._rng.uniform(0.0, t.timing.interval * t.timing.jitter)
-            self.checker.ticker.at(p.due, partial(self._start, p))
+            self.checker.ticker.at(p.due, p.on_start)
         p.targets.add(key)
         return p
 
@@ -246,7 +254,7 @@ class HealthChecker:
         p.running = True
         p.due = self.checker.ticker.loop.time()
         try:
-            self.checker.start(p.spec, p.address, p.timing.timeout, partial(self._done, p))
+            p.launch(p.timing.timeout, p.on_done)  # type: ignore[misc]
         except Exception as e:  # a bug in a check must not stop the others
             log.exception("health check %s crashed", p.name)
             self._done(p, CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
@@ -260,7 +268,7 @@ class HealthChecker:
         self._record(p, result)
         t = p.timing
         p.due += t.interval * self._rng.uniform(1 - t.jitter, 1 + t.jitter)
-        self.checker.ticker.at(p.due, partial(self._start, p))
+        self.checker.ticker.at(p.due, p.on_start)  # type: ignore[arg-type]
 
     def _record(self, p: ProbeState, r: CheckResult) -> None:
         p.stats.add(r)

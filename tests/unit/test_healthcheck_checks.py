@@ -307,6 +307,22 @@ def test_gue_probe_bytes_v6():
     assert IPv6(bytes(pkt))[ICMPv6EchoRequest].cksum == chk  # scapy recomputes the same sum
 
 
+def test_probe_template_matches_build_tunnel_probe():
+    """The checker's precomputed probe (fixed parts and checksum sums made once per backend) is
+    byte for byte the probe build_tunnel_probe makes (checked against scapy above), for every
+    kind and family and counters that wrap the 16-bit sequence number."""
+    from healthcheck.checks import _TOKEN_MAGIC, _ProbeTemplate
+
+    pairs = [("192.0.2.10", "198.51.100.11"), ("2001:db8::10", "2001:db8:1::11")]
+    for src_text, dst_text in pairs:
+        src, dst = ipaddress.ip_address(src_text), ipaddress.ip_address(dst_text)
+        for kind in ("gue", "fou"):
+            t = _ProbeTemplate(kind, src, dst, 0xBEEF, b"\x01\x02\x03\x04")
+            for counter in (1, 7, 0xFFFF, 0x10000, 2**40 + 12345, 2**64 - 1):
+                token = _TOKEN_MAGIC + b"\x01\x02\x03\x04" + counter.to_bytes(8, "big")
+                assert t.build(counter) == build_tunnel_probe(kind, src, dst, 0xBEEF, counter & 0xFFFF, token)
+
+
 def _root() -> str | None:
     return None if os.geteuid() == 0 else "needs root (raw ICMP socket)"
 
