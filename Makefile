@@ -1,7 +1,7 @@
 # fwd — common tasks. `make test` works on a fresh machine (it runs setup first).
 PY := .venv/bin/python
 
-.PHONY: setup build test lint unit pcap-tests netns-tests fuzz bench bench-core bench-live bench-redirect bench-healthcheck bench-daemon example lab-up lab-down demo clean
+.PHONY: setup build test lint unit pcap-tests netns-tests fuzz test-asan bench bench-core bench-live bench-redirect bench-healthcheck bench-daemon example lab-up lab-down demo clean
 
 setup:
 	bash scripts/setup.sh
@@ -16,6 +16,7 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest -q tests
 	$(MAKE) fuzz FUZZ_SECONDS=60
+	$(MAKE) test-asan
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -34,6 +35,17 @@ FUZZ_SECONDS ?= 60
 fuzz: setup
 	$(MAKE) -s -C native/fuzz all cov
 	$(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
+
+# The C core with AddressSanitizer + UndefinedBehaviorSanitizer (build/asan; the in-place extension
+# is not touched): core_smoke with leak checks, the canaries (a report must kill its process), then
+# the unit and pcap tests against it; any report fails. docs/hardening.md ("Sanitizers").
+ASAN_FUZZ_EXAMPLES ?= 100
+test-asan: setup
+	$(PY) tests/asan/build_asan.py
+	. build/asan/env && ASAN_OPTIONS=$$ASAN_OPTIONS:detect_leaks=1 build/asan/core_smoke 200000
+	. build/asan/env && build/asan/venv/bin/python tests/asan/canary.py
+	. build/asan/env && FWD_FUZZ_EXAMPLES=$(ASAN_FUZZ_EXAMPLES) build/asan/venv/bin/python -m pytest -q \
+	  -p asan_hook --capture=sys tests/unit tests/pcap
 
 bench-core: setup
 	$(PY) bench/bench_core.py
