@@ -11,8 +11,12 @@ sends never pass through the kernel's neighbour code.
 :class:`NextHopResolver` is asyncio-native (the daemon runs it as a task); :class:`NextHopThread`
 runs it in a thread of its own for synchronous callers (``fwd run``). Both watch netlink
 (RTM_NEWNEIGH/DELNEIGH, routes, links, addresses), re-resolve after a change and call back with
-the new map when any backend's next hop differs. A backend without a usable next hop maps to a
-:class:`NextHop` whose ``usable`` is False (with the reason); it is retried every second.
+the backends whose next hop differs. A neighbour event re-resolves only the backends that use
+that neighbour (as gateway or on-link); a route, link or address event, and a periodic pass
+every FULL_PASS seconds (events can be lost), re-resolve all. A backend without a usable next hop
+maps to a :class:`NextHop` whose ``usable`` is False (with the reason); only those are retried
+every second. Within one pass an interface's link, its primary address and a neighbour entry
+are each asked once, whatever the number of backends behind them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
@@ -81,6 +85,9 @@ EVENT_GROUPS = (
 DEBOUNCE = 0.05  # seconds between an event and the re-resolution it causes
 RETRY = 1.0  # seconds between attempts for backends without a next hop
 REFRESH = 20.0  # seconds between re-confirmations of STALE neighbour entries in use
+# seconds between passes over every backend without an event asking for one (a lost netlink
+# event would otherwise go unnoticed); one costs about a second of CPU at 1,000 backends
+FULL_PASS = 120.0
 DISCARD_PORT = 9
 
 
@@ -143,6 +150,15 @@ def _errno_text(e: NetlinkError) -> str:
     return f"route lookup failed: {e}"
 
 
+@dataclass
+class _Pass:
+    """What one resolution pass asks the kernel once, however many backends share it."""
+
+    links: dict[int, Any] = field(default_factory=dict)
+    sources: dict[tuple[int, int], IPAddress | None] = field(default_factory=dict)
+    neighbours: dict[tuple[int, IPAddress], tuple[bytes | None, int]] = field(default_factory=dict)
+
+
 class NextHopResolver:
     """Resolves next hops over one netlink socket; ``watch`` follows changes (asyncio)."""
 
@@ -151,10 +167,14 @@ class NextHopResolver:
         self.probe = probe
         self._ipr: Any = None
         self._targets: tuple[IPAddress, ...] = ()
+        self._target_set: frozenset[IPAddress] = frozenset()
         self.hops: dict[IPAddress, NextHop] = {}
-        self._stale: set[tuple[int, IPAddress]] = set()
         self._dirty: asyncio.Event | None = None  # created in the loop by watch()
         self._resolving: asyncio.Lock | None = None
+        # neighbour -> backends whose next hop uses it (gateway, or the backend on-link)
+        self._users: dict[IPAddress, set[IPAddress]] = {}
+        self._changed: set[IPAddress] = set()  # backends a neighbour event concerns
+        self._everything = False  # a route/link/address event: re-resolve every backend
 
     async def open(self) -> None:
         if self._ipr is None:
@@ -168,7 +188,9 @@ class NextHopResolver:
     def set_targets(self, backends: Iterable[IPAddress]) -> None:
         """The backend addresses to follow (order kept, duplicates dropped)."""
         self._targets = tuple(dict.fromkeys(backends))
+        self._target_set = frozenset(self._targets)
         if self._dirty is not None:
+            self._everything = True
             self._dirty.set()
 
     @property
@@ -183,18 +205,43 @@ class NextHopResolver:
         One resolution at a time (the watcher and a caller's resolve() share the loop), each for
         the targets current when it starts.
         """
+        return await self._resolve_many(None)
+
+    async def resolve_some(self, backends: Iterable[IPAddress]) -> dict[IPAddress, NextHop]:
+        """Resolve these targets again (others keep their entries); returns those whose next
+        hop changed (``NextHop.key``), with their new entries."""
+        return await self._resolve_many(set(backends))
+
+    async def _resolve_many(self, only: set[IPAddress] | None) -> dict[IPAddress, NextHop]:
         if self._resolving is None:
             self._resolving = asyncio.Lock()
         async with self._resolving:
             await self.open()
-            links: dict[int, Any] = {}
-            hops = {}
-            for addr in self._targets:
-                hops[addr] = await self._resolve(addr, links)
-            self.hops = hops
-            return hops
+            cache = _Pass()
+            if only is None:
+                hops = {}
+                for addr in self._targets:
+                    hops[addr] = await self._resolve(addr, cache)
+                self.hops = hops
+                self._users = {}
+                for addr, h in hops.items():
+                    self._users.setdefault(h.neighbour, set()).add(addr)
+                return hops
+            old = self.hops
+            new = dict(old)
+            changed = {}
+            for addr in only & self._target_set:
+                h = new[addr] = await self._resolve(addr, cache)
+                before = old.get(addr)
+                if before is not None and before.neighbour != h.neighbour:
+                    self._users.get(before.neighbour, set()).discard(addr)
+                self._users.setdefault(h.neighbour, set()).add(addr)
+                if before is None or before.key() != h.key():
+                    changed[addr] = h
+            self.hops = new
+            return changed
 
-    async def _resolve(self, addr: IPAddress, links: dict[int, Any]) -> NextHop:
+    async def _resolve(self, addr: IPAddress, cache: _Pass) -> NextHop:
         ipr = self._ipr
         try:
             routes = await ipr.route("get", dst=str(addr))
@@ -210,30 +257,36 @@ class NextHopResolver:
         gateway = ipaddress.ip_address(gw_text) if gw_text else None
         if gateway is not None and gateway.version != addr.version:
             return NextHop(addr, ifindex=oif, error=f"gateway {gateway} of another address family")
-        link = links.get(oif)
+        link = cache.links.get(oif)
         if link is None:
             try:
                 link = (await ipr.link("get", index=oif))[0]
             except (NetlinkError, IndexError):
                 return NextHop(addr, ifindex=oif, gateway=gateway, error=f"egress interface {oif} vanished")
-            links[oif] = link
+            cache.links[oif] = link
         ifname = link.get("IFLA_IFNAME") or str(oif)
         mtu = link.get("IFLA_MTU") or 0
         if link.get("ifi_type") != ARPHRD_ETHER:
             return NextHop(addr, oif, ifname, gateway, error=f"egress interface {ifname} is not Ethernet")
         src_mac = _mac_bytes(link.get("IFLA_ADDRESS"))
-        source = await self._primary_address(oif, addr.version)
+        key = (oif, addr.version)
+        if key not in cache.sources:
+            cache.sources[key] = await self._primary_address(oif, addr.version)
+        source = cache.sources[key]
         if source is None:
             pref = r.get("RTA_PREFSRC")
             source = ipaddress.ip_address(pref) if pref else None
         hop = NextHop(addr, oif, ifname, gateway, src_mac, None, source, mtu)
         neigh = hop.neighbour
-        dst_mac, state = await self._neighbour(oif, neigh)
+        found = cache.neighbours.get((oif, neigh))
+        if found is None:
+            found = cache.neighbours[(oif, neigh)] = await self._neighbour(oif, neigh)
+            dst_mac, state = found
+            if dst_mac is None or not state & NUD_USABLE:
+                await self._probe(oif, neigh, addr)  # once per neighbour and pass
+        dst_mac, state = found
         if dst_mac is None or not state & NUD_USABLE:
-            await self._probe(oif, neigh, addr)
             return NextHop(addr, oif, ifname, gateway, src_mac, None, source, mtu)
-        if state & NUD_STALE and self.probe:
-            self._stale.add((oif, neigh))
         return NextHop(addr, oif, ifname, gateway, src_mac, dst_mac, source, mtu)
 
     async def _primary_address(self, ifindex: int, version: int) -> IPAddress | None:
@@ -283,37 +336,53 @@ class NextHopResolver:
             s.sendto(b"", (str(backend), DISCARD_PORT))
 
     async def refresh_stale(self) -> None:
-        """Ask the kernel to re-confirm neighbour entries in use that went STALE."""
-        stale, self._stale = self._stale, set()
-        for ifindex, neigh in stale:
-            # only entries STALE right now: NTF_USE also clears NUD_PERMANENT (Linux >= 5.16),
-            # and an administrator's permanent entry must stay as it is
-            _, state = await self._neighbour(ifindex, neigh)
-            if not state & NUD_STALE or state & (NUD_PERMANENT | NUD_NOARP):
-                continue
-            family = socket.AF_INET if neigh.version == 4 else socket.AF_INET6
-            with contextlib.suppress(NetlinkError):
-                await self._ipr.neigh(
-                    "replace", dst=str(neigh), ifindex=ifindex, family=family, flags=NTF_USE
-                )
+        """Ask the kernel to re-confirm neighbour entries in use that are STALE now.
+
+        One neighbour dump per interface and family in use (not one request per backend), so
+        an entry that went STALE without telling anyone is found too.
+        """
+        if not self.probe:
+            return
+        in_use: dict[tuple[int, int], set[IPAddress]] = {}
+        for h in self.hops.values():
+            if h.usable:
+                in_use.setdefault((h.ifindex, h.neighbour.version), set()).add(h.neighbour)
+        for (ifindex, version), neighbours in in_use.items():
+            family = socket.AF_INET if version == 4 else socket.AF_INET6
+            stale = []
+            async for n in await self._ipr.neigh("dump", ifindex=ifindex, family=family):
+                state = n.get("state") or 0
+                dst = n.get("NDA_DST")
+                # only entries STALE right now: NTF_USE also clears NUD_PERMANENT (Linux >= 5.16),
+                # and an administrator's permanent entry must stay as it is
+                if not state & NUD_STALE or state & (NUD_PERMANENT | NUD_NOARP) or not dst:
+                    continue
+                if n.get("ifindex") == ifindex and ipaddress.ip_address(dst) in neighbours:
+                    stale.append(dst)
+            for dst in stale:
+                with contextlib.suppress(NetlinkError):
+                    await self._ipr.neigh("replace", dst=dst, ifindex=ifindex, family=family, flags=NTF_USE)
 
     async def wait_resolved(self, timeout: float) -> dict[IPAddress, NextHop]:
         """Resolve, then retry every 10 ms until every routable backend has a MAC or time is up."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        hops = await self.resolve_all()
-        while loop.time() < end and any(h.error is None and not h.usable for h in hops.values()):
+        await self.resolve_all()
+        while loop.time() < end:
+            waiting = [a for a, h in self.hops.items() if h.error is None and not h.usable]
+            if not waiting:
+                break
             await asyncio.sleep(0.01)
-            hops = await self.resolve_all()
-        return hops
+            await self.resolve_some(waiting)
+        return self.hops
 
     # -- following changes ---------------------------------------------------------------------
 
     async def watch(self, on_change: Callable[[dict[IPAddress, NextHop]], None]) -> None:
         """Run until cancelled: re-resolve on netlink events, retry unresolved, refresh stale.
 
-        ``on_change`` is called (in this task) with the full map whenever any backend's
-        next hop differs from the previous resolution.
+        ``on_change`` is called (in this task) with the backends whose next hop differs from
+        the previous resolution, and their new next hops (``self.hops`` has them all).
         """
         await self.open()
         self._dirty = asyncio.Event()
@@ -322,24 +391,41 @@ class NextHopResolver:
         reader = asyncio.create_task(self._read_events(events))
         loop = asyncio.get_running_loop()
         next_refresh = loop.time() + REFRESH
+        next_retry = loop.time() + RETRY
+        next_full = loop.time() + FULL_PASS
         try:
             while True:
                 pending = any(not h.usable for h in self.hops.values())
-                timeout = RETRY if pending else max(0.1, next_refresh - loop.time())
+                until = min(next_refresh, next_full, next_retry if pending else next_full)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), timeout)
+                    await asyncio.wait_for(self._dirty.wait(), max(0.01, until - loop.time()))
                 if reader.done():
                     reader.result()  # re-raise a dead reader's error
                 self._dirty.clear()
                 await asyncio.sleep(DEBOUNCE)  # let a burst of events settle
                 self._dirty.clear()
-                if loop.time() >= next_refresh:
+                now = loop.time()
+                everything, self._everything = self._everything, False
+                some, self._changed = self._changed, set()
+                if now >= next_refresh:
                     await self.refresh_stale()
                     next_refresh = loop.time() + REFRESH
-                before = {a: h.key() for a, h in self.hops.items()}
-                hops = await self.resolve_all()
-                if {a: h.key() for a, h in hops.items()} != before:
-                    on_change(hops)
+                if now >= next_full:
+                    everything = True  # now and then all of them: an event may have been lost
+                if everything:
+                    next_full = loop.time() + FULL_PASS
+                if everything:
+                    before = {a: h.key() for a, h in self.hops.items()}
+                    hops = await self.resolve_all()
+                    changed = {a: h for a, h in hops.items() if before.get(a) != h.key()}
+                else:
+                    if now >= next_retry:
+                        some |= {a for a, h in self.hops.items() if not h.usable}
+                    changed = await self.resolve_some(some) if some else {}
+                if now >= next_retry:
+                    next_retry = loop.time() + RETRY
+                if changed:
+                    on_change(changed)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -347,23 +433,31 @@ class NextHopResolver:
             events.close()
 
     async def _read_events(self, events: Any) -> None:
-        interesting = {"RTM_NEWNEIGH", "RTM_DELNEIGH"}
+        neighbour_events = {"RTM_NEWNEIGH", "RTM_DELNEIGH"}
         while True:
             async for msg in events.get():
-                event = msg.get("event")
-                if event in interesting:
-                    dst = msg.get("NDA_DST")
-                    if dst is None or not self._is_neighbour(dst):
+                if msg.get("event") in neighbour_events:
+                    users = self._users_of(msg.get("NDA_DST"))
+                    if not users:
                         continue
+                    self._changed |= users
+                else:
+                    self._everything = True
                 assert self._dirty is not None
                 self._dirty.set()
 
-    def _is_neighbour(self, text: str) -> bool:
+    def _users_of(self, text: str | None) -> set[IPAddress]:
+        """The backends whose next hop goes through neighbour ``text`` (or that are it)."""
+        if not text:
+            return set()
         try:
             addr = ipaddress.ip_address(text)
         except ValueError:
-            return False
-        return any(h.neighbour == addr for h in self.hops.values()) or addr in self._targets
+            return set()
+        users = self._users.get(addr, set())
+        if addr in self._target_set:
+            users = users | {addr}
+        return users
 
 
 def run_netlink(coro_factory: Callable[[Any], Awaitable[T]]) -> T:
