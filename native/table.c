@@ -48,6 +48,14 @@
  * is rebuilt from scratch, which is then cheaper. 0: always incremental
  * after the first build (lets tests exercise the incremental path).
  */
+/*
+ * Rows in the table. Always FWD_ROWS (GLB's 65,536) except in the table fuzz target, which
+ * shrinks it so that each input runs many times faster: rows differ only by their index.
+ */
+#ifndef TABLE_ROWS
+#define TABLE_ROWS FWD_ROWS
+#endif
+
 #ifndef TABLE_FULL_SHARE
 #define TABLE_FULL_SHARE 2
 #endif
@@ -100,14 +108,14 @@ struct fwd_table {
 	uint16_t gain[FWD_MAX_BACKENDS];          /* slots becoming good (ranked) */
 
 	/* per row */
-	uint64_t *row_seed;      /* FWD_ROWS: value whose LE bytes are GLB's row seed */
-	uint64_t *score;         /* FWD_ROWS * TABLE_K, ascending within a row */
-	uint16_t *rank;          /* FWD_ROWS * TABLE_K slot ids, same order */
-	uint8_t *depth;          /* FWD_ROWS: entries in the row's list */
-	uint8_t *deep;           /* FWD_ROWS: the row's result depends on backends past its list */
-	uint16_t *beyond;        /* FWD_ROWS: deep rows: first good backend (FWD_NONE: none) */
+	uint64_t *row_seed;      /* TABLE_ROWS: value whose LE bytes are GLB's row seed */
+	uint64_t *score;         /* TABLE_ROWS * TABLE_K, ascending within a row */
+	uint16_t *rank;          /* TABLE_ROWS * TABLE_K slot ids, same order */
+	uint8_t *depth;          /* TABLE_ROWS: entries in the row's list */
+	uint8_t *deep;           /* TABLE_ROWS: the row's result depends on backends past its list */
+	uint16_t *beyond;        /* TABLE_ROWS: deep rows: first good backend (FWD_NONE: none) */
 	uint64_t *beyond_score;
-	uint16_t *primary;       /* FWD_ROWS slot ids or FWD_NONE */
+	uint16_t *primary;       /* TABLE_ROWS slot ids or FWD_NONE */
 	uint16_t *secondary;
 };
 
@@ -704,14 +712,14 @@ static void update_plan(const struct fwd_table *t, struct table_update *u)
 static void update_rows(struct fwd_table *t, struct table_update *u)
 {
 	if (u->full) {
-		for (uint32_t r = 0; r < FWD_ROWS; r++)
+		for (uint32_t r = 0; r < TABLE_ROWS; r++)
 			row_derive(t, u, r, row_rescore(t, r));
-		u->rows_rescored += FWD_ROWS;
+		u->rows_rescored += TABLE_ROWS;
 		return;
 	}
 	if (!u->ranking_changed && !u->all_rows)
 		return;
-	for (uint32_t r = 0; r < FWD_ROWS; r++)
+	for (uint32_t r = 0; r < TABLE_ROWS; r++)
 		row_update(t, u, r);
 }
 
@@ -766,27 +774,27 @@ int fwd_table_set_backends(struct fwd_table *t, const struct fwd_backend_spec *b
 
 static int table_alloc_rows(struct fwd_table *t)
 {
-	t->row_seed = malloc(sizeof(uint64_t) * FWD_ROWS);
-	t->score = malloc(sizeof(uint64_t) * FWD_ROWS * TABLE_K);
-	t->rank = malloc(sizeof(uint16_t) * FWD_ROWS * TABLE_K);
-	t->depth = calloc(FWD_ROWS, 1);
-	t->deep = calloc(FWD_ROWS, 1);
-	t->beyond = malloc(sizeof(uint16_t) * FWD_ROWS);
-	t->beyond_score = malloc(sizeof(uint64_t) * FWD_ROWS);
-	t->primary = malloc(sizeof(uint16_t) * FWD_ROWS);
-	t->secondary = malloc(sizeof(uint16_t) * FWD_ROWS);
+	t->row_seed = malloc(sizeof(uint64_t) * TABLE_ROWS);
+	t->score = malloc(sizeof(uint64_t) * TABLE_ROWS * TABLE_K);
+	t->rank = malloc(sizeof(uint16_t) * TABLE_ROWS * TABLE_K);
+	t->depth = calloc(TABLE_ROWS, 1);
+	t->deep = calloc(TABLE_ROWS, 1);
+	t->beyond = malloc(sizeof(uint16_t) * TABLE_ROWS);
+	t->beyond_score = malloc(sizeof(uint64_t) * TABLE_ROWS);
+	t->primary = malloc(sizeof(uint16_t) * TABLE_ROWS);
+	t->secondary = malloc(sizeof(uint16_t) * TABLE_ROWS);
 	if (!t->row_seed || !t->score || !t->rank || !t->depth || !t->deep || !t->beyond ||
 	    !t->beyond_score || !t->primary || !t->secondary)
 		return -1;
-	memset(t->primary, 0xFF, sizeof(uint16_t) * FWD_ROWS);
-	memset(t->secondary, 0xFF, sizeof(uint16_t) * FWD_ROWS);
+	memset(t->primary, 0xFF, sizeof(uint16_t) * TABLE_ROWS);
+	memset(t->secondary, 0xFF, sizeof(uint16_t) * TABLE_ROWS);
 	return 0;
 }
 
 /* row_seed = siphash24(key=seed, msg=u32_big_endian(r)). */
 static void table_seed_rows(struct fwd_table *t)
 {
-	for (uint32_t r = 0; r < FWD_ROWS; r++) {
+	for (uint32_t r = 0; r < TABLE_ROWS; r++) {
 		uint8_t m[4] = { (uint8_t)(r >> 24), (uint8_t)(r >> 16), (uint8_t)(r >> 8),
 				 (uint8_t)r };
 
@@ -849,12 +857,13 @@ void fwd_table_rows(const struct fwd_table *t, uint16_t *primary, uint16_t *seco
 {
 	if (!t || !primary || !secondary)
 		return;
-	for (uint32_t r = 0; r < FWD_ROWS; r++) {
+	for (uint32_t r = 0; r < TABLE_ROWS; r++) {
 		primary[r] = slot_to_index(t, t->primary[r]);
 		secondary[r] = slot_to_index(t, t->secondary[r]);
 	}
 }
 
+#if TABLE_ROWS == FWD_ROWS /* a snapshot holds exactly FWD_ROWS rows */
 void fwd_table_snap_fill(const struct fwd_table *t, struct fwd_snap_table *st)
 {
 	memcpy(st->hash_key, t->hash_key, sizeof(st->hash_key));
@@ -866,3 +875,4 @@ void fwd_table_snap_fill(const struct fwd_table *t, struct fwd_snap_table *st)
 		st->rows[r].secondary = slot_to_index(t, t->secondary[r]);
 	}
 }
+#endif

@@ -82,13 +82,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 			a->bytes[15] = (uint8_t)(i - 1 + 1);
 		}
 	}
-	rows_p = malloc(6 * sizeof(uint16_t) * FWD_ROWS);
+	rows_p = malloc(6 * sizeof(uint16_t) * TABLE_ROWS);
 	CHECK(rows_p);
-	rows_s = rows_p + FWD_ROWS;
-	full_p = rows_s + FWD_ROWS;
-	full_s = full_p + FWD_ROWS;
-	old_p = full_s + FWD_ROWS;
-	old_s = old_p + FWD_ROWS;
+	rows_s = rows_p + TABLE_ROWS;
+	full_p = rows_s + TABLE_ROWS;
+	full_s = full_p + TABLE_ROWS;
+	old_p = full_s + TABLE_ROWS;
+	old_s = old_p + TABLE_ROWS;
 	return 0;
 }
 
@@ -257,7 +257,7 @@ static void check_rows(const struct fwd_backend_spec *l, uint32_t n, int glb)
 		nranked += (uint32_t)ranked(&l[i]);
 		ngood += (uint32_t)(ranked(&l[i]) && good(&l[i]));
 	}
-	for (uint32_t r = 0; r < FWD_ROWS; r++) {
+	for (uint32_t r = 0; r < TABLE_ROWS; r++) {
 		uint16_t p = rows_p[r], s = rows_s[r];
 
 		if (nranked == 0) {
@@ -310,7 +310,7 @@ static void check_full_build(const struct fwd_table *t, const uint8_t *seed, int
 	fwd_table_rows(t, rows_p, rows_s);
 	fwd_table_rows(f, full_p, full_s);
 	fwd_table_free(f);
-	for (uint32_t r = 0; r < FWD_ROWS; r++) {
+	for (uint32_t r = 0; r < TABLE_ROWS; r++) {
 		if (rows_p[r] != full_p[r] || rows_s[r] != full_s[r]) {
 			fprintf(stderr, "fuzz_table: row %u: incremental (%u, %u), full build (%u, %u)\n",
 				r, rows_p[r], rows_s[r], full_p[r], full_s[r]);
@@ -348,8 +348,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			CHECK(fwd_table_backend_count(t) == nprev);
 			if (built) {
 				fwd_table_rows(t, rows_p, rows_s);
-				CHECK(memcmp(rows_p, old_p, sizeof(uint16_t) * FWD_ROWS) == 0);
-				CHECK(memcmp(rows_s, old_s, sizeof(uint16_t) * FWD_ROWS) == 0);
+				CHECK(memcmp(rows_p, old_p, sizeof(uint16_t) * TABLE_ROWS) == 0);
+				CHECK(memcmp(rows_s, old_s, sizeof(uint16_t) * TABLE_ROWS) == 0);
 			}
 			continue;
 		}
@@ -363,7 +363,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		/* a sample of rows against the spec */
 		for (uint32_t k = 0; k < SAMPLE_ROWS; k++) {
-			uint32_t r = k < 2 ? k * 0xffff : (sample_seed + k * 40503u * (uint32_t)(step + 1)) & 0xffff;
+			uint32_t r = k < 2 ? k * (TABLE_ROWS - 1)
+					   : (sample_seed + k * 40503u * (uint32_t)(step + 1)) % TABLE_ROWS;
 			uint16_t p, s;
 
 			spec_row(seed, glb, list, n, r, &p, &s);
