@@ -508,6 +508,7 @@ class LiveDataplane:
         tunnel_src: Sequence[IPAddress] = (),
         log: logging.Logger | None = None,
         nexthop_wait: float = NEXTHOP_WAIT,
+        poll_ms: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise LiveError(f"bad mode {mode!r} (expected one of: {', '.join(MODES)})")
@@ -521,6 +522,9 @@ class LiveDataplane:
         self.tunnel_src = {a.version: a for a in tunnel_src}
         self.log = log or logging.getLogger("fwd.live")
         self.nexthop_wait = nexthop_wait
+        # idle workers' housekeeping period (None: the C default, FWD_POLL_MS); a publication
+        # wakes them whatever it is - tests set it very large to show that
+        self.poll_ms = poll_ms
         self.tables = [ForwardingTable.from_config(t) for t in cfg.tables]
         self.binds = _binds_of(cfg)
         self.interfaces: list[Interface] = []
@@ -649,6 +653,8 @@ class LiveDataplane:
                 )
         rt = native.runtime_new()
         self._rt = rt
+        if self.poll_ms is not None:
+            native.runtime_set_poll_ms(rt, self.poll_ms)
         try:
             for iface in self.interfaces:
                 for q in range(iface.rx_queues):
@@ -687,6 +693,8 @@ class LiveDataplane:
         attach_mode = "zerocopy" if self.xsk_mode == "zerocopy" else "auto"
         rt = native.runtime_new()
         self._rt = rt
+        if self.poll_ms is not None:
+            native.runtime_set_poll_ms(rt, self.poll_ms)
         try:
             for iface in self.interfaces:
                 st = native.steer_attach(str(STEER_OBJECT), iface.name, attach_mode)

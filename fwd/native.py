@@ -433,6 +433,11 @@ def runtime_acked_generation(rt: Any) -> int:
     return int(lib.fwd_runtime_acked_generation(rt))
 
 
+def runtime_set_poll_ms(rt: Any, ms: int) -> None:
+    """Idle workers' housekeeping period (publications and stop wake them at once anyway)."""
+    lib.fwd_runtime_set_poll_ms(rt, ms)
+
+
 def runtime_start(rt: Any) -> None:
     err = _errbuf()
     if lib.fwd_runtime_start(rt, err, _ERRLEN) != 0:

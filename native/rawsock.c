@@ -106,16 +106,17 @@ static void raw_read_stats(struct raw_port *rp, struct fwd_port_stats *ps)
  * fanout included, when it comes up); an interface that is gone ends the
  * worker.
  */
-static int raw_sock_error(struct raw_port *rp)
+static int raw_sock_error(struct fwd_worker *w, struct raw_port *rp)
 {
+	short rev;
 	int soerr = 0;
 	socklen_t len = sizeof(soerr);
 
 	getsockopt(rp->rx_fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
 	if ((int)if_nametoindex(rp->ifname) != rp->ifindex)
 		return -1;
-	if (soerr)
-		poll(NULL, 0, FWD_POLL_MS);   /* link down: no frames will come for a while */
+	if (soerr)   /* link down: no frames will come for a while (a publication still wakes us) */
+		fwd_worker_wait(w, -1, 0, &rev);
 	return 0;
 }
 
@@ -186,12 +187,12 @@ static int raw_poll(struct fwd_worker *w, const struct fwd_snapshot *s)
 		struct tpacket_block_desc *bd = raw_block(rp, rp->blk);
 
 		if (!(__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)) {
-			struct pollfd pfd = {.fd = rp->rx_fd, .events = POLLIN | POLLERR};
+			short rev;
 
 			ps->wakeups++;
-			if (poll(&pfd, 1, FWD_POLL_MS) < 0 && errno != EINTR)
+			if (fwd_worker_wait(w, rp->rx_fd, POLLIN | POLLERR, &rev) < 0)
 				return -1;
-			if ((pfd.revents & POLLERR) && raw_sock_error(rp) < 0)
+			if ((rev & POLLERR) && raw_sock_error(w, rp) < 0)
 				return -1;
 			if (!(__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)) {
 				raw_read_stats(rp, ps);

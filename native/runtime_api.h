@@ -77,6 +77,14 @@ uint32_t fwd_runtime_reclaim(struct fwd_runtime *rt, uint32_t timeout_ms);
 /* Lowest generation any running worker has acknowledged (all of them run that one or newer). */
 uint64_t fwd_runtime_acked_generation(const struct fwd_runtime *rt);
 
+/*
+ * How long an idle worker sleeps between its housekeeping rounds (socket
+ * statistics, error checks); FWD_POLL_MS (10) unless set. Publications and
+ * stop wake idle workers at once whatever this is, so tests set it very large
+ * to show that. Call before fwd_runtime_start.
+ */
+void fwd_runtime_set_poll_ms(struct fwd_runtime *rt, uint32_t ms);
+
 int fwd_runtime_start(struct fwd_runtime *rt, char *err, size_t errlen);
 void fwd_runtime_stop(struct fwd_runtime *rt);    /* joins the threads, closes the sockets */
 

@@ -470,10 +470,10 @@ static void read_kernel_stats(struct xsk_port *x)
 		x->w->port.kernel_drops = st.rx_dropped + st.rx_ring_full;
 }
 
-/* Nothing received: wait up to FWD_POLL_MS (or spin when busy polling). -1 on a dead socket. */
+/* Nothing received: sleep until frames, a wake or the poll period (or spin when busy polling). -1 on a dead socket. */
 static int idle_wait(struct xsk_port *x)
 {
-	struct pollfd pfd = {.fd = x->fd, .events = POLLIN};
+	short rev;
 	int err = 0;
 	socklen_t elen = sizeof(err);
 
@@ -484,9 +484,9 @@ static int idle_wait(struct xsk_port *x)
 			return 0;
 	}
 	x->idle_spins = 0;
-	if (poll(&pfd, 1, FWD_POLL_MS) > 0 && !(pfd.revents & (POLLERR | POLLHUP | POLLNVAL)))
+	if (fwd_worker_wait(x->w, x->fd, POLLIN, &rev) > 0 && !(rev & (POLLERR | POLLHUP | POLLNVAL)))
 		return 0;
-	/* Quiet for FWD_POLL_MS: a good time for the syscalls the busy path skips. */
+	/* Quiet for a poll period: a good time for the syscalls the busy path skips. */
 	read_kernel_stats(x);
 	/* The kernel unbinds the socket and sets ENETDOWN when the interface goes away. */
 	if (getsockopt(x->fd, SOL_SOCKET, SO_ERROR, &err, &elen) || !err)
