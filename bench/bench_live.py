@@ -7,9 +7,13 @@ The generator is trafgen (netsniff-ng) on one core in the client namespace: 60-b
 source port counting up so that flows spread over the table. In the middle, in turn:
 
   fwd-xdp   `fwd run --mode xdp` (AF_XDP, copy mode on veth)
+  fwd-xdp-holdoff  the same with `--rx-holdoff-us 100` (receive bursts batched, docs/config.md)
   fwd-raw   `fwd run --mode raw` (AF_PACKET TPACKET_V3)
   kernel    no fwd: the kernel's own IP forwarding of the same frames (route to the sink)
   xsk-noop  bench/xsk_noop: fwd's steering program + an AF_XDP loop that only rewrites MACs
+  generator no forwarder at all: the frames die at the forwarder namespace's IP input (no route,
+            no forwarding) - what the generator and the veth cost on their own, which every other
+            figure includes
 
 For each: packets the client sent (its eth0 tx counter), packets delivered at the sink (its eth0
 rx counter; an nftables netdev-ingress rule then drops them so the sink's stack costs the same
@@ -21,7 +25,9 @@ full speed when it keeps up there, else bisection with trafgen --rate), and fwd-
 no-op both offered exactly that rate, --rounds times.
 
 Ratios (targets from issue 3): fwd-xdp CPU/packet / kernel CPU/packet (<= 0.8) and fwd-xdp
-delivered / xsk-noop delivered at the no-op's loss-free rate (>= 0.9). Absolute figures drift
+delivered / xsk-noop delivered at the no-op's loss-free rate (>= 0.9). The generator's own cost per
+packet sent is reported too, with the ratio a forwarder that cost nothing would reach, and each
+forwarder's cost beyond the generator's (its CPU/packet less the generator's). Absolute figures drift
 from run to run on a shared VM; the ratios come from one run. Writes bench-report/live.md and live.png; with
 --combine also bench-report/README.md (core + live). Needs root; only namespaces it creates.
 """
@@ -54,8 +60,11 @@ MAC_C, MAC_FIN, MAC_FOUT, MAC_S = (
     "02:98:02:00:00:02",
 )
 VIP, BACKENDS = "10.100.0.1", ("10.99.2.10", "10.99.2.11")
-VARIANTS = ("fwd-xdp", "fwd-raw", "kernel", "xsk-noop")
+VARIANTS = ("fwd-xdp", "fwd-xdp-holdoff", "fwd-raw", "kernel", "xsk-noop", "generator")
+FORWARDERS = VARIANTS[:5]  # generator delivers nothing: it is reported apart
+HOLDOFF_US = 100  # fwd-xdp-holdoff's --rx-holdoff-us
 LOSS_FREE = 0.001  # at most 0.1% lost
+FWD_EXTRA: dict[str, list[str]] = {"fwd-xdp-holdoff": ["--rx-holdoff-us", str(HOLDOFF_US)]}
 
 TRAFGEN_CFG = f"""{{
   eth(da={MAC_FIN}, sa={MAC_C}),
@@ -159,6 +168,8 @@ class Forwarder:
         self.log = tmp / f"{name}.log"
 
     def start(self) -> None:
+        if self.name == "generator":
+            return  # forwarding stays off, no route to the VIP: the frames die at IP input
         if self.name == "kernel":
             sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=NS_F)
             ip("route", "replace", "10.100.0.0/16", "via", BACKENDS[0], "dev", "eth1", ns=NS_F)
@@ -171,6 +182,7 @@ class Forwarder:
             cfg.write_text(FWD_CONFIG)
             mode = self.name.split("-")[1]
             argv = [str(FWD), "run", "--config", str(cfg), "--interface", "eth0", "--mode", mode]
+            argv += FWD_EXTRA.get(self.name, [])
             if (
                 "--control-socket"
                 in subprocess.run([str(FWD), "run", "--help"], capture_output=True, text=True).stdout
@@ -188,6 +200,8 @@ class Forwarder:
             time.sleep(0.1)
 
     def stop(self) -> str:
+        if self.name == "generator":
+            return ""
         if self.name == "kernel":
             sh("sysctl", "-qw", "net.ipv4.ip_forward=0", ns=NS_F)
             ip("route", "del", "10.100.0.0/16", ns=NS_F, check=False)
@@ -215,6 +229,14 @@ class Sample:
     cpu_s: float  # busy time of all cores during the run, from /proc/stat
     background: float = 0.0  # cores busy before the forwarder started (other work on the machine)
     own_s: float = 0.0  # CPU time of the generator, the forwarder and ksoftirqd (own_cpu_seconds)
+
+    @property
+    def own_ns_per_sent(self) -> float:
+        return self.own_s / self.sent * 1e9 if self.sent else float("inf")
+
+    @property
+    def ns_per_sent(self) -> float:
+        return self.cpu_s / self.sent * 1e9 if self.sent else float("inf")
 
     @property
     def own_ns_per_pkt(self) -> float:
@@ -363,7 +385,7 @@ def write_report(res: Result, args) -> str:
     headline = "ns_per_pkt" if bg < QUIET else "own_ns_per_pkt"
     fixed = f"{args.fixed_rate // 1000} kpps"
     rows = []
-    for v in VARIANTS:
+    for v in FORWARDERS:
         if v not in res.samples:
             continue
         m = res.med
@@ -429,12 +451,32 @@ def write_report(res: Result, args) -> str:
             f"{a / 1e3:.0f} / {b / 1e3:.0f} kpps = **{a / b:.2f}** "
             f"(target ≥ 0.9; fwd's loss per round there: {losses}).{bound}"
         )
-    for v in ("fwd-raw", "xsk-noop"):
+    for v in ("fwd-xdp-holdoff", "fwd-raw", "xsk-noop"):
         if {v, "kernel"} <= res.samples.keys():
             ratios.append(
                 f"* {v} CPU/packet ÷ kernel forwarding CPU/packet at {fixed}: "
                 f"{ratio(v, 'kernel', headline):.2f}"
             )
+    if {"generator", "kernel"} <= res.samples.keys():
+        per_sent = "ns_per_sent" if headline == "ns_per_pkt" else "own_ns_per_sent"
+        g = res.med("generator", per_sent, True)
+        k = res.med("kernel", headline, True)
+        beyond = {v: res.med(v, headline, True) - g for v in FORWARDERS if v in res.samples}
+        ratios.append(
+            f"* the generator alone (no forwarder; frames dropped at the forwarder's IP input) at {fixed}: "
+            f"{g:.0f} ns per packet sent = **{g / k:.2f}** × kernel forwarding's total: the ratio a "
+            "forwarder that cost nothing would reach on this bench"
+            + (" - the 0.8 target is below it, out of reach of any forwarder." if g / k > 0.8 else ".")
+        )
+        ratios.append(
+            "* cost beyond the generator's (CPU/packet less the generator's): "
+            + ", ".join(f"{v} {b:.0f} ns" for v, b in beyond.items())
+            + (
+                f"; fwd AF_XDP ÷ kernel on that basis: {beyond['fwd-xdp'] / beyond['kernel']:.2f}"
+                if {"fwd-xdp", "kernel"} <= beyond.keys() and beyond["kernel"] > 0
+                else ""
+            )
+        )
     reached = statistics.median(x.sent_pps for ss in res.fixed.values() for x in ss)
     if reached < 0.95 * args.fixed_rate:
         ratios.append(
@@ -461,10 +503,16 @@ def _chart(res: Result, attr: str, fixed: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [v for v in VARIANTS if v in res.samples]
+    names = [v for v in FORWARDERS if v in res.samples]
     pps = [res.med(v, "pps") / 1e3 for v in names]
     cpu = [res.med(v, attr, True) for v in names]
-    palette = {"fwd-xdp": "#1f77b4", "fwd-raw": "#ff7f0e", "kernel": "#7f7f7f", "xsk-noop": "#2ca02c"}
+    palette = {
+        "fwd-xdp": "#1f77b4",
+        "fwd-xdp-holdoff": "#17becf",
+        "fwd-raw": "#ff7f0e",
+        "kernel": "#7f7f7f",
+        "xsk-noop": "#2ca02c",
+    }
     colors = [palette[v] for v in names]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.bar(names, pps, color=colors)

@@ -2,7 +2,8 @@
  * xsk_noop.c - a no-op AF_XDP forwarder: the limit of the live path that
  * fwd's AF_XDP back end is measured against (make bench-live).
  *
- *   xsk_noop IF_IN IF_OUT DST_MAC [--copy] [--queues N]
+ *   xsk_noop IF_IN IF_OUT DST_MAC [--copy] [--queues N] [--holdoff-us N] [--busy-poll]
+ *            [--drop]
  *
  * Every IPv4/IPv6 TCP/UDP frame arriving on IF_IN is redirected by fwd's own
  * steering program (fwd/bpf/steer.bpf.o with catch-all binds, so the XDP
@@ -13,6 +14,14 @@
  * on (IF_OUT, same queue) bound to the same umem with XDP_SHARED_UMEM - the
  * egress path xsk.c uses. Runs until SIGINT/SIGTERM, then detaches and prints
  * per-queue counts on stderr.
+ *
+ * Experiments on what the AF_XDP side could save (make bench-live, issue 3):
+ * --holdoff-us N sleeps N us after a burst smaller than BATCH (and after a
+ * wake-up) so that frames accumulate and each wake-up and kick serves more of
+ * them; --busy-poll sets SO_PREFER_BUSY_POLL / SO_BUSY_POLL / SO_BUSY_POLL_BUDGET
+ * and drives the rx side with recvfrom() instead of sleeping in poll() (the
+ * veth's napi_defer_hard_irqs / gro_flush_timeout are the caller's to set);
+ * --drop receives and drops every frame (the cost of the receive half alone).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -29,6 +38,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <xdp/xsk.h>
@@ -43,6 +53,13 @@
 #define KERNEL_TX_BATCH 32u
 #define MAX_QUEUES 64
 
+#ifndef SO_PREFER_BUSY_POLL
+#define SO_PREFER_BUSY_POLL 69
+#endif
+#ifndef SO_BUSY_POLL_BUDGET
+#define SO_BUSY_POLL_BUDGET 70
+#endif
+
 struct queue {
 	pthread_t thread;
 	uint32_t id;
@@ -54,9 +71,13 @@ struct queue {
 	uint64_t free_frames[FRAMES];
 	uint32_t nfree;
 	uint64_t rx_packets, tx_packets, tx_dropped;
+	uint32_t spins;
 };
 
 static atomic_int stop;
+static uint32_t holdoff_us;
+static int busy_poll;
+static int drop_all;
 static uint8_t dst_mac[6], src_mac[6];
 
 /* The steering loader (native/steer.c) reports errors through this. */
@@ -74,6 +95,13 @@ static void on_signal(int sig)
 {
 	(void)sig;
 	atomic_store(&stop, 1);
+}
+
+static void holdoff(void)
+{
+	struct timespec ts = {0, (long)holdoff_us * 1000};
+
+	nanosleep(&ts, NULL);
 }
 
 static void reap(struct queue *q)
@@ -113,10 +141,18 @@ static void *queue_main(void *arg)
 		if (!n) {
 			struct pollfd pfd = {.fd = rx_fd, .events = POLLIN};
 
-			poll(&pfd, 1, FWD_POLL_MS);
+			if (busy_poll) {
+				recvfrom(rx_fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+				if (++q->spins < 1000)
+					continue;
+				q->spins = 0;
+			}
+			if (poll(&pfd, 1, FWD_POLL_MS) > 0 && holdoff_us)
+				holdoff();
 			continue;
 		}
-		room = xsk_prod_nb_free(&q->tx, n);
+		q->spins = 0;
+		room = drop_all ? 0 : xsk_prod_nb_free(&q->tx, n);
 		if (room > n)
 			room = n;
 		if (room)
@@ -146,6 +182,8 @@ static void *queue_main(void *arg)
 				if (sendto(tx_fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0 ||
 				    (errno != EAGAIN && errno != EBUSY))
 					break;
+		if (holdoff_us && n < BATCH)
+			holdoff();
 	}
 	return NULL;
 }
@@ -190,6 +228,16 @@ static int queue_open(struct queue *q, const char *in, const char *out, int copy
 		for (uint32_t i = 0; i < RING; i++)
 			*xsk_ring_prod__fill_addr(&q->fq, idx + i) = q->free_frames[--q->nfree];
 		xsk_ring_prod__submit(&q->fq, RING);
+	}
+	if (busy_poll) {
+		int one = 1, usec = 20, budget = BATCH, fd = xsk_socket__fd(q->rx_xsk);
+
+		if (setsockopt(fd, SOL_SOCKET, SO_PREFER_BUSY_POLL, &one, sizeof(one)) ||
+		    setsockopt(fd, SOL_SOCKET, SO_BUSY_POLL, &usec, sizeof(usec)) ||
+		    setsockopt(fd, SOL_SOCKET, SO_BUSY_POLL_BUDGET, &budget, sizeof(budget))) {
+			fprintf(stderr, "xsk_noop: busy polling: %s\n", strerror(errno));
+			return -errno;
+		}
 	}
 	rc = xsk_socket__update_xskmap(q->rx_xsk, map_fd);
 	if (rc)
@@ -268,7 +316,8 @@ int main(int argc, char **argv)
 	char err[256];
 
 	if (argc < 4) {
-		fprintf(stderr, "usage: xsk_noop IF_IN IF_OUT DST_MAC [--copy] [--queues N]\n");
+		fprintf(stderr, "usage: xsk_noop IF_IN IF_OUT DST_MAC [--copy] [--queues N] [--holdoff-us N] "
+			"[--busy-poll] [--drop]\n");
 		return 2;
 	}
 	for (int i = 4; i < argc; i++) {
@@ -276,6 +325,12 @@ int main(int argc, char **argv)
 			copy = 1;
 		else if (!strcmp(argv[i], "--queues") && i + 1 < argc)
 			nq = (uint32_t)atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--holdoff-us") && i + 1 < argc)
+			holdoff_us = (uint32_t)atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--busy-poll"))
+			busy_poll = 1;
+		else if (!strcmp(argv[i], "--drop"))
+			drop_all = 1;
 		else {
 			fprintf(stderr, "xsk_noop: unknown option %s\n", argv[i]);
 			return 2;

@@ -68,6 +68,7 @@ class DaemonOptions:
     mode: str = "auto"
     xsk_mode: str = "auto"
     busy_poll: bool = False
+    rx_holdoff_us: int = 0
     tunnel_src: list[IPAddress] = field(default_factory=list)
     control_socket: str | None = None  # overrides [daemon] control_socket
     metrics_address: str | None = None  # overrides [daemon] metrics_address ("" = none)
@@ -258,6 +259,7 @@ class Daemon:
                 self.opts.mode,
                 xsk_mode=self.opts.xsk_mode,
                 busy_poll=self.opts.busy_poll,
+                rx_holdoff_us=self.opts.rx_holdoff_us,
                 tunnel_src=self.opts.tunnel_src,
                 log=logging.getLogger("fwd.run"),
             )

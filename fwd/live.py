@@ -505,6 +505,7 @@ class LiveDataplane:
         *,
         xsk_mode: str = "auto",
         busy_poll: bool = False,
+        rx_holdoff_us: int = 0,
         tunnel_src: Sequence[IPAddress] = (),
         log: logging.Logger | None = None,
         nexthop_wait: float = NEXTHOP_WAIT,
@@ -519,6 +520,7 @@ class LiveDataplane:
         self.mode = mode
         self.xsk_mode = xsk_mode
         self.busy_poll = busy_poll
+        self.rx_holdoff_us = rx_holdoff_us
         self.tunnel_src = {a.version: a for a in tunnel_src}
         self.log = log or logging.getLogger("fwd.live")
         self.nexthop_wait = nexthop_wait
@@ -702,7 +704,15 @@ class LiveDataplane:
                 native.steer_set_binds(st, self.binds, self.cfg.node.forward_icmp_echo)
                 fd = native.steer_xsks_map_fd(st)
                 for q in range(iface.rx_queues):
-                    native.runtime_add_xsk(rt, iface.name, q, self.xsk_mode, fd, busy_poll=self.busy_poll)
+                    native.runtime_add_xsk(
+                        rt,
+                        iface.name,
+                        q,
+                        self.xsk_mode,
+                        fd,
+                        busy_poll=self.busy_poll,
+                        holdoff_us=self.rx_holdoff_us,
+                    )
                     self.workers.append(f"xsk:{iface.name}:{q}")
             self._publish_locked()
             native.runtime_start(rt)
@@ -733,6 +743,10 @@ class LiveDataplane:
                 "" if n == 1 else "s",
                 self.xsk_mode,
                 ", busy polling" if self.busy_poll else "",
+            )
+        if self.rx_holdoff_us:
+            self.log.info(
+                "xdp: receive holdoff %d us (after a burst smaller than the batch)", self.rx_holdoff_us
             )
 
     def _teardown_backend(self) -> None:

@@ -399,6 +399,7 @@ def runtime_add_xsk(
     xsks_map_fd: int,
     *,
     busy_poll: bool = False,
+    holdoff_us: int = 0,
     frame_count: int = 0,
     ring_size: int = 0,
     batch: int = 0,
@@ -411,6 +412,7 @@ def runtime_add_xsk(
     cfg.ring_size = ring_size
     cfg.batch = batch
     cfg.busy_poll = 1 if busy_poll else 0
+    cfg.holdoff_us = holdoff_us
     cfg.xsks_map_fd = xsks_map_fd
     err = _errbuf()
     index = lib.fwd_runtime_add_xsk(rt, cfg, err, _ERRLEN)

@@ -44,6 +44,7 @@ struct fwd_xsk_config {
 	uint32_t ring_size;       /* rx/tx/fill/comp ring entries (0 = 2048) */
 	uint32_t batch;           /* frames per rx burst (0 = 64) */
 	uint32_t busy_poll;       /* 1: SO_PREFER_BUSY_POLL + SO_BUSY_POLL */
+	uint32_t holdoff_us;      /* after a burst smaller than batch, wait this long before the next (0 = off) */
 	int xsks_map_fd;          /* the steering program's XSKMAP (from fwd_steer_attach) */
 };
 

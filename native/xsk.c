@@ -66,6 +66,7 @@
 #define XSK_BUSY_SPINS 1000        /* empty busy-poll rounds before sleeping in poll() */
 #define XSK_STATS_EVERY 1024       /* bursts between XDP_STATISTICS reads (and when idle) */
 #define XSK_EGRESS_RETRY_NS 1000000000ull   /* a failed egress path is retried after 1 s */
+#define XSK_MAX_HOLDOFF_US 10000
 
 #ifndef SO_PREFER_BUSY_POLL
 #define SO_PREFER_BUSY_POLL 69
@@ -107,7 +108,7 @@ struct xsk_port {
 	struct xsk_ring_cons rx;
 	int fd;
 	int zerocopy;
-	uint32_t queue, batch, ring_size, frame_count, busy_poll;
+	uint32_t queue, batch, ring_size, frame_count, busy_poll, holdoff_us;
 	uint32_t rx_ifindex;
 	uint32_t idle_spins, polls;
 	char ifname[IF_NAMESIZE];
@@ -470,6 +471,22 @@ static void read_kernel_stats(struct xsk_port *x)
 		x->w->port.kernel_drops = st.rx_dropped + st.rx_ring_full;
 }
 
+/*
+ * Receive holdoff (fwd_xsk_config.holdoff_us): after a burst smaller than the
+ * batch, or a wake-up by the first frame, let frames pile up for a moment so
+ * that the next burst is larger. On veth (copy mode) each burst costs a
+ * wake-up, a tx kick and the ring bookkeeping whatever its size; fewer,
+ * larger bursts cost less CPU per packet, for up to holdoff_us more latency.
+ * A timer sleep on the worker's own core, unlike the cross-core wake-up of a
+ * frame arriving while it sleeps in poll().
+ */
+static void holdoff(const struct xsk_port *x)
+{
+	struct timespec ts = {0, (long)x->holdoff_us * 1000};
+
+	nanosleep(&ts, NULL);
+}
+
 /* Nothing received: sleep until frames, a wake or the poll period (or spin when busy polling). -1 on a dead socket. */
 static int idle_wait(struct xsk_port *x)
 {
@@ -484,8 +501,11 @@ static int idle_wait(struct xsk_port *x)
 			return 0;
 	}
 	x->idle_spins = 0;
-	if (fwd_worker_wait(x->w, x->fd, POLLIN, &rev) > 0 && !(rev & (POLLERR | POLLHUP | POLLNVAL)))
+	if (fwd_worker_wait(x->w, x->fd, POLLIN, &rev) > 0 && !(rev & (POLLERR | POLLHUP | POLLNVAL))) {
+		if ((rev & POLLIN) && x->holdoff_us)
+			holdoff(x);
 		return 0;
+	}
 	/* Quiet for a poll period: a good time for the syscalls the busy path skips. */
 	read_kernel_stats(x);
 	/* The kernel unbinds the socket and sets ENETDOWN when the interface goes away. */
@@ -551,6 +571,8 @@ static int xsk_poll(struct fwd_worker *w, const struct fwd_snapshot *s)
 	}
 	if (++x->polls % XSK_STATS_EVERY == 0)
 		read_kernel_stats(x);
+	if (x->holdoff_us && n < x->batch)
+		holdoff(x);
 	return (int)n;
 }
 
@@ -591,11 +613,17 @@ int fwd_runtime_add_xsk(struct fwd_runtime *rt, const struct fwd_xsk_config *cfg
 	x->ring_size = cfg->ring_size ? cfg->ring_size : 2048;
 	x->batch = cfg->batch ? cfg->batch : 64;
 	x->busy_poll = cfg->busy_poll;
+	x->holdoff_us = cfg->holdoff_us;
 	x->fd = -1;
 	x->npaths = 1;
 	x->rx_ifindex = if_nametoindex(x->ifname);
 	if (!x->rx_ifindex) {
 		rc = fwd_errf(err, errlen, "%s: no such interface", x->ifname);
+		goto fail;
+	}
+	if (x->holdoff_us > XSK_MAX_HOLDOFF_US) {
+		rc = fwd_errf(err, errlen, "%s: receive holdoff %u us is above %d us", x->ifname,
+			      x->holdoff_us, XSK_MAX_HOLDOFF_US);
 		goto fail;
 	}
 	if (!pow2(x->ring_size) || x->batch > XSK_MAX_BATCH || x->batch > x->ring_size ||

@@ -35,11 +35,11 @@ MAX_FRAME = 1514  # what fits a 1500-byte veth
 class Live:
     """A topology with `fwd run` going in l4 and its configuration as the model sees it."""
 
-    def __init__(self, topo: tp.Topology, start_fwd, mode: str, queues_log: bool = False):
+    def __init__(self, topo: tp.Topology, start_fwd, mode: str, queues_log: bool = False, extra=()):
         self.topo, self.mode = topo, mode
         self.amap = tp.AddressMap()
         self.cfg = tp.live_config(GOLDEN, topo, self.amap)
-        self.run = start_fwd(topo, self.cfg.to_toml(), mode)
+        self.run = start_fwd(topo, self.cfg.to_toml(), mode, extra=extra)
         self.probes = tp.probe_frames(self.cfg, topo)
         tp.wait_ready(self.run, topo, self.probes)
         self.sender = tp.Sender(topo.client, "eth0")
@@ -171,11 +171,12 @@ def assert_clean_exit(live: Live) -> str:
 # ------------------------------------------------------------------------------------------ tests
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_golden_frames_live(mode, topo, start_fwd):
+@pytest.mark.parametrize(("mode", "extra"), [(m, ()) for m in MODES] + [("xdp", ("--rx-holdoff-us", "500"))])
+def test_golden_frames_live(mode, extra, topo, start_fwd):
     """The golden set's FORWARD and REPLY frames, sent on the wire: each output frame reaches the
-    namespace holding the model's primary (GUE) or the client (ICMP too-big), byte for byte."""
-    live = Live(topo, start_fwd, mode)
+    namespace holding the model's primary (GUE) or the client (ICMP too-big), byte for byte (also
+    with a receive holdoff, which changes how frames are batched)."""
+    live = Live(topo, start_fwd, mode, extra=extra)
     sent = golden_inputs(live)
     assert len(sent) > 40, "the adapted golden set lost its VIP frames"
     caps = tp.start_captures(topo)

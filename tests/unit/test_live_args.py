@@ -70,6 +70,13 @@ def test_bad_xsk_mode_is_a_usage_error():
     assert "--xsk-mode" in one_error_line(p)
 
 
+def test_rx_holdoff_out_of_range():
+    for bad in ("-1", "10001"):
+        p = fwd("run", "--config", str(CONFIG), "--interface", "lo", "--rx-holdoff-us", bad)
+        assert p.returncode == 2, bad
+        assert "--rx-holdoff-us" in one_error_line(p)
+
+
 def test_negative_stats_interval():
     p = fwd("run", "--config", str(CONFIG), "--interface", "lo", "--stats-interval", "-1")
     assert p.returncode == 2
