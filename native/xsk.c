@@ -487,7 +487,10 @@ static void holdoff(const struct xsk_port *x)
 	nanosleep(&ts, NULL);
 }
 
-/* Nothing received: sleep until frames, a wake or the poll period (or spin when busy polling). -1 on a dead socket. */
+/*
+ * Nothing received: sleep until frames, a wake-up (publication, stop) or the
+ * end of the poll period (or spin when busy polling). -1 on a dead socket.
+ */
 static int idle_wait(struct xsk_port *x)
 {
 	short rev;
