@@ -104,6 +104,11 @@ def build_venv(so: Path) -> Path:
     fwd = venv / "bin" / "fwd"
     fwd.write_text(f"#!{py}\nimport sys\nfrom fwd.cli import main\nsys.exit(main())\n")
     fwd.chmod(0o755)
+    # Tests look for other tools (exabgp, ...) next to sys.executable: link .venv's.
+    for tool in Path(sys.executable).parent.iterdir():
+        link = venv / "bin" / tool.name
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(tool)
     return py
 
 
@@ -113,8 +118,6 @@ def write_env(libasan: str) -> Path:
         f"export LD_PRELOAD={libasan}\n"
         f"export ASAN_OPTIONS={ASAN_OPTIONS}\n"
         f"export UBSAN_OPTIONS={UBSAN_OPTIONS}\n"
-        # Python objects (and so cffi buffers handed to C) from malloc, which ASan guards with redzones.
-        "export PYTHONMALLOC=malloc\n"
     )
     return env
 
