@@ -124,6 +124,8 @@ _TOKEN_MAGIC = b"fwd-hc\0\0"
 _MAX_STATUS_LINE = 8192
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _CMSG_TS = socket.CMSG_SPACE(16)
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_RAW_RCVBUF = 4 << 20
 _SOURCE_TTL = 60.0  # seconds a cached route source address is trusted
 _ASYNC_SEND_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
 _EPOLLIN, _EPOLLOUT, _EPOLLONESHOT = select.EPOLLIN, select.EPOLLOUT, select.EPOLLONESHOT
@@ -877,6 +879,13 @@ class _TunnelProber:
             s.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER, struct.pack("8I", *words))
             parse = _icmp6_of
         s.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        # answers wait for the next tick (longer when the loop is busy): room for thousands
+        for opt in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):  # FORCE: over rmem_max, with CAP_NET_ADMIN
+            try:
+                s.setsockopt(socket.SOL_SOCKET, opt, _RAW_RCVBUF)
+                break
+            except OSError:
+                pass
         self.poller.watch(s.fileno(), lambda: self._on_answer(s, parse))
         self.rx[family] = s
 
