@@ -105,6 +105,8 @@ def guard_frame_tails() -> None:
     poison, unpoison = runtime.__asan_poison_memory_region, runtime.__asan_unpoison_memory_region
     for f in (poison, unpoison):
         f.argtypes, f.restype = [ctypes.c_void_p, ctypes.c_size_t], None
+    poisoned = runtime.__asan_address_is_poisoned
+    poisoned.argtypes, poisoned.restype = [ctypes.c_void_p], ctypes.c_int
     batch = native.process_batch
 
     def process_batch(snap, bufs, stride, headroom, lens, n, results, counters):
@@ -112,6 +114,8 @@ def guard_frame_tails() -> None:
         for i in range(n):
             end = i * stride + headroom + lens[i]
             poison(base + end, max(0, (i + 1) * stride - end))
+            if i == 0 and end < stride and not poisoned(base + end):  # the guard itself works
+                raise RuntimeError(f"asan_hook: the byte after frame 0 is not poisoned ({base + end:#x})")
         _guarded["batches"] += 1
         _guarded["frames"] += n
         try:
