@@ -261,8 +261,13 @@ def process_batch(
     lib.fwd_process_batch(snap, bufs, stride, headroom, lens, n, results, counters)
 
 
-def bench(snap: Any, bufs: Any, stride: int, headroom: int, lens: Any, n: int, iters: int, mode: int) -> int:
-    return int(lib.fwd_bench(snap, bufs, stride, headroom, lens, n, iters, mode))
+def bench(
+    snap: Any, bufs: Any, stride: int, headroom: int, lens: Any, n: int, iters: int, mode: int, slots: int
+) -> int:
+    ns = int(lib.fwd_bench(snap, bufs, stride, headroom, lens, n, iters, mode, slots))
+    if ns == 0 and iters and n:
+        raise NativeError("fwd_bench failed (bad layout or out of memory)")
+    return ns
 
 
 def siphash24(key: bytes, msg: bytes) -> bytes:

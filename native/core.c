@@ -1,144 +1,106 @@
 /*
  * core.c - the packet core's entry points (docs/packet-core.md §2-§6):
- * fwd_process classifies a frame (parse.c), matches the bind, hashes the flow,
- * reads the row and writes the output frame (encap.c), then counts; plus its
+ * fwd_process classifies a frame (core_parse.h), matches the bind, hashes the
+ * flow, reads the row and writes the output frame (core_encap.h), then counts; plus its
  * batch form and the benchmark loop. No I/O, no allocation, no locks per
  * packet: everything it reads lives in the immutable snapshot.
  */
 #include <stdlib.h>
 #include <time.h>
 
+/* The per-packet path is one translation unit, so the compiler keeps struct
+ * pkt in registers across parse -> match -> hash -> encap. */
+#include "core_encap.h"
+#include "core_parse.h"
 #include "core_priv.h"
 #include "siphash.h"
 
 /* First bind (from p->first_vip, in config order) the packet belongs to, or nbinds. */
-static uint32_t bind_match(const struct fwd_snapshot *s, const struct pkt *p)
+static inline uint32_t bind_match(const struct fwd_snapshot *s, const struct pkt *p)
 {
 	uint32_t i = p->first_vip, n = s->nbinds;
 
 	if (p->kind == PKT_ECHO)
 		return i;
 	for (; i < n; i++) {
-		const struct fwd_bind_spec *b = &s->binds[i];
+		const struct fwd_snap_bind *b = &s->binds[i];
 
 		if (b->proto != p->proto)
 			continue;
 		if (p->kind == PKT_PORTS && (p->dport < b->port_lo || p->dport > b->port_hi))
 			continue;
-		if (bind_holds(b, p->family, p->dst))
+		if (bind_holds(b, p->family, p->dst_w))
 			return i;
 	}
 	return n;
 }
 
-/*
- * SipHash of the enabled fields: src addr, dst addr, sport, dport (big-endian).
- * flatten: the default field sets (source address only) get SipHash inlined
- * with a constant length, which drops its block loop and tail switch.
- */
-__attribute__((flatten)) static uint64_t flow_hash(const struct pkt *p, uint8_t fields, const uint8_t *key)
+/* A port's two big-endian bytes as a little-endian value (SipHash reads words that way). */
+static inline uint64_t port_le(uint16_t port)
 {
-	uint8_t m[40];
-	uint32_t n = 0;
+	return (uint64_t)(port >> 8 | (port & 0xff) << 8);
+}
+
+/*
+ * SipHash of the enabled fields in this order: src addr, dst addr, sport,
+ * dport (network order), assembled in registers from the keyed state instead
+ * of in a message buffer: IPv6 addresses are two whole words each, IPv4
+ * addresses half a word, and the ports fill the last (partial) word.
+ */
+static inline uint64_t flow_hash(const struct fwd_snap_table *t, const struct pkt *p, unsigned fields)
+{
+	struct fwd_sip st = {t->sip_init[0], t->sip_init[1], t->sip_init[2], t->sip_init[3]};
+	uint64_t acc = 0;    /* bytes not yet absorbed, little-endian */
+	unsigned n = 0;      /* how many (0..7) */
+	unsigned done = 0;   /* bytes absorbed */
 
 	if (p->family == 4) {
 		if (fields & FWD_HASH_SRC_ADDR) {
-			memcpy(m, p->src, 4);
+			acc = fwd_load_le32(p->src);
 			n = 4;
 		}
 		if (fields & FWD_HASH_DST_ADDR) {
-			memcpy(m + n, p->dst, 4);
+			acc |= (uint64_t)fwd_load_le32(p->dst) << (8 * n);
 			n += 4;
 		}
 	} else {
 		if (fields & FWD_HASH_SRC_ADDR) {
-			memcpy(m, p->src, 16);
-			n = 16;
+			fwd_sip_absorb(&st, fwd_load_le64(p->src));
+			fwd_sip_absorb(&st, fwd_load_le64(p->src + 8));
+			done = 16;
 		}
 		if (fields & FWD_HASH_DST_ADDR) {
-			memcpy(m + n, p->dst, 16);
-			n += 16;
+			fwd_sip_absorb(&st, fwd_load_le64(p->dst));
+			fwd_sip_absorb(&st, fwd_load_le64(p->dst + 8));
+			done += 16;
 		}
 	}
+	if (n == 8) {   /* both IPv4 addresses */
+		fwd_sip_absorb(&st, acc);
+		acc = 0;
+		n = 0;
+		done = 8;
+	}
 	if (fields & FWD_HASH_SRC_PORT) {
-		store_be16(m + n, p->sport);
+		acc |= port_le(p->sport) << (8 * n);
 		n += 2;
 	}
 	if (fields & FWD_HASH_DST_PORT) {
-		store_be16(m + n, p->dport);
+		acc |= port_le(p->dport) << (8 * n);
 		n += 2;
 	}
-	if (n == 4)
-		return fwd_siphash24_u64(m, 4, key);
-	if (n == 16)
-		return fwd_siphash24_u64(m, 16, key);
-	return fwd_siphash24_u64(m, n, key);
+	if (n == 8) {   /* one IPv4 address and both ports */
+		fwd_sip_absorb(&st, acc);
+		acc = 0;
+		n = 0;
+		done += 8;
+	}
+	return fwd_sip_finish(&st, acc, done + n);
 }
 
-/* fwd_process's body; batch and bench call it directly (no PLT hop inside the .so). */
-static inline int process_one(const struct fwd_snapshot *s, uint8_t *buf, uint32_t buf_size,
-			      uint32_t off, uint32_t len, struct fwd_result *res,
-			      struct fwd_counters *c)
+/* Counts the verdict and stores it: the last step for every frame. */
+static inline int verdict_count(int v, struct fwd_result *res, struct fwd_counters *c)
 {
-	const struct fwd_snap_table *t;
-	const struct fwd_bind_spec *b;
-	struct pkt p;
-	uint32_t bi;
-	int v;
-
-	*res = (struct fwd_result){.bind = FWD_NONE, .table = FWD_NONE, .primary = FWD_NONE,
-				   .secondary = FWD_NONE};
-	if (off > buf_size || len > buf_size - off) {   /* caller error: no frame to read */
-		res->reason = FWD_DROP_TRUNCATED;
-		v = FWD_DROP;
-		goto done;
-	}
-	v = pkt_parse(s, buf + off, len, &p);
-	if (v != FWD_FORWARD) {
-		if (v == FWD_DROP)
-			res->reason = p.reason;
-		goto done;
-	}
-	bi = bind_match(s, &p);
-	if (bi == s->nbinds) {
-		v = FWD_PASS;
-		goto done;
-	}
-	b = &s->binds[bi];
-	res->bind = (uint16_t)bi;
-	res->table = b->table;
-	if (c) {
-		c->binds[bi].packets++;
-		c->binds[bi].bytes += len;
-	}
-	if (b->table >= s->ntables || !(t = s->tables[b->table])) {   /* snapshot_new forbids */
-		res->reason = FWD_DROP_NO_BACKEND;
-		v = FWD_DROP;
-		goto done;
-	}
-
-	uint64_t h = flow_hash(&p, b->hash_fields, t->hash_key);
-	struct fwd_row row = t->rows[h & 0xffff];
-
-	p.primary = row.primary;
-	p.secondary = row.secondary;
-	p.gue_sport = (uint16_t)(0x8000 | ((h ^ p.hint) & 0x7fff));
-	res->flow_hash = h;
-	res->row = (uint32_t)(h & 0xffff);
-	res->gue_sport = p.gue_sport;
-	res->primary = row.primary;
-	res->secondary = row.secondary;
-	if (row.primary >= t->nbackends) {   /* FWD_NONE: no ranked backend */
-		res->reason = FWD_DROP_NO_BACKEND;
-		v = FWD_DROP;
-		goto done;
-	}
-	v = gue_encap(s, t, buf, off, &p, res);
-	if (c && v == FWD_FORWARD) {
-		c->backends[b->table][row.primary].packets++;
-		c->backends[b->table][row.primary].bytes += res->out_len;
-	}
-done:
 	res->verdict = (uint8_t)v;
 	if (c) {
 		c->verdicts[v]++;
@@ -150,10 +112,90 @@ done:
 	return v;
 }
 
-int fwd_process(const struct fwd_snapshot *s, uint8_t *buf, uint32_t buf_size, uint32_t off,
-		uint32_t len, struct fwd_result *res, struct fwd_counters *c)
+/*
+ * First half of a frame: classify, match the bind, hash. Returns FWD_FORWARD
+ * when the frame goes on to stage_forward (p, *tp and *hp set), else the
+ * final verdict, already counted.
+ */
+static inline int stage_classify(const struct fwd_snapshot *s, uint8_t *buf, uint32_t buf_size,
+				 uint32_t off, uint32_t len, struct fwd_result *res,
+				 struct fwd_counters *c, struct pkt *p,
+				 const struct fwd_snap_table **tp, uint64_t *hp)
 {
-	return process_one(s, buf, buf_size, off, len, res, c);
+	const struct fwd_snap_table *t;
+	const struct fwd_snap_bind *b;
+	uint32_t bi;
+	int v;
+
+	*res = (struct fwd_result){.bind = FWD_NONE, .table = FWD_NONE, .primary = FWD_NONE,
+				   .secondary = FWD_NONE};
+	if (off > buf_size || len > buf_size - off) {   /* caller error: no frame to read */
+		res->reason = FWD_DROP_TRUNCATED;
+		return verdict_count(FWD_DROP, res, c);
+	}
+	v = pkt_parse(s, buf + off, len, p);
+	if (v != FWD_FORWARD) {
+		if (v == FWD_DROP)
+			res->reason = p->reason;
+		return verdict_count(v, res, c);
+	}
+	bi = bind_match(s, p);
+	if (bi == s->nbinds)
+		return verdict_count(FWD_PASS, res, c);
+	b = &s->binds[bi];
+	res->bind = (uint16_t)bi;
+	res->table = b->table;
+	if (c) {
+		c->binds[bi].packets++;
+		c->binds[bi].bytes += len;
+	}
+	if (b->table >= s->ntables || !(t = s->tables[b->table])) {   /* snapshot_new forbids */
+		res->reason = FWD_DROP_NO_BACKEND;
+		return verdict_count(FWD_DROP, res, c);
+	}
+	*tp = t;
+	*hp = flow_hash(t, p, b->hash_fields);
+	return FWD_FORWARD;
+}
+
+/* Second half: the row, the output frame, the counters. */
+static inline int stage_forward(const struct fwd_snapshot *s, const struct fwd_snap_table *t,
+				uint64_t h, uint8_t *buf, uint32_t off, struct pkt *p,
+				struct fwd_result *res, struct fwd_counters *c)
+{
+	struct fwd_row row = t->rows[h & 0xffff];
+	int v;
+
+	p->primary = row.primary;
+	p->secondary = row.secondary;
+	p->gue_sport = (uint16_t)(0x8000 | ((h ^ p->hint) & 0x7fff));
+	res->flow_hash = h;
+	res->row = (uint32_t)(h & 0xffff);
+	res->gue_sport = p->gue_sport;
+	res->primary = row.primary;
+	res->secondary = row.secondary;
+	if (row.primary >= t->nbackends) {   /* FWD_NONE: no ranked backend */
+		res->reason = FWD_DROP_NO_BACKEND;
+		return verdict_count(FWD_DROP, res, c);
+	}
+	v = gue_encap(s, t, buf, off, p, res);
+	if (c && v == FWD_FORWARD) {
+		c->backends[res->table][row.primary].packets++;
+		c->backends[res->table][row.primary].bytes += res->out_len;
+	}
+	return verdict_count(v, res, c);
+}
+
+__attribute__((noinline)) int fwd_process(const struct fwd_snapshot *s, uint8_t *buf,
+					  uint32_t buf_size, uint32_t off, uint32_t len,
+					  struct fwd_result *res, struct fwd_counters *c)
+{
+	const struct fwd_snap_table *t;
+	struct pkt p;
+	uint64_t h;
+	int v = stage_classify(s, buf, buf_size, off, len, res, c, &p, &t, &h);
+
+	return v == FWD_FORWARD ? stage_forward(s, t, h, buf, off, &p, res, c) : v;
 }
 
 void fwd_process_batch(const struct fwd_snapshot *s, uint8_t *bufs, uint32_t stride,
@@ -161,48 +203,62 @@ void fwd_process_batch(const struct fwd_snapshot *s, uint8_t *bufs, uint32_t str
 		       struct fwd_result *results, struct fwd_counters *counters)
 {
 	for (uint32_t i = 0; i < n; i++)
-		process_one(s, bufs + (size_t)i * stride, stride, headroom, lens[i], &results[i],
+		fwd_process(s, bufs + (size_t)i * stride, stride, headroom, lens[i], &results[i],
 			    counters);
 }
-
-#define BENCH_BUF 16384
 
 static volatile uint64_t bench_sink;   /* keeps mode 1's reads alive */
 
 uint64_t fwd_bench(const struct fwd_snapshot *s, const uint8_t *bufs, uint32_t stride,
-		   uint32_t headroom, const uint32_t *lens, uint32_t n, uint32_t iters, int mode)
+		   uint32_t headroom, const uint32_t *lens, uint32_t n, uint32_t iters, int mode,
+		   uint32_t slots)
 {
-	_Alignas(64) uint8_t work[BENCH_BUF];
 	struct fwd_counters *c = mode == 0 ? calloc(1, sizeof(*c)) : NULL;   /* once, not per packet */
+	uint8_t *work = slots ? aligned_alloc(64, (size_t)slots * stride) : NULL;
+	uint32_t room = stride - headroom;
 	struct fwd_result res;
 	struct timespec t0, t1;
 	uint64_t acc = 0;
 
-	memset(work, 0, sizeof(work));
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (!work || (mode == 0 && !c) || headroom > stride || stride % 64) {
+		free(c);
+		free(work);
+		return 0;
+	}
+	memset(work, 0, (size_t)slots * stride);
+	/* the thread's CPU time: on a shared machine a preempted run is not charged for the wait */
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
 	for (uint32_t it = 0; it < iters; it++) {
-		for (uint32_t i = 0; i < n; i++) {
-			uint32_t len = lens[i];
+		for (uint32_t i0 = 0; i0 < n; i0 += slots) {
+			uint32_t m = n - i0 < slots ? n - i0 : slots;
 
-			if (headroom > BENCH_BUF - 64 || len > BENCH_BUF - 64 - headroom)
-				continue;
-			memcpy(work + headroom, bufs + (size_t)i * stride + headroom, len);
-			if (mode == 0) {
-				process_one(s, work, BENCH_BUF, headroom, len, &res, c);
-				acc += res.out_len;
-			} else {
-				for (int k = 0; k < 64; k += 8) {
-					uint64_t w;
+			/* the group lands in its slots first, as in a back end's rx ring */
+			for (uint32_t k = 0; k < m; k++)
+				memcpy(work + (size_t)k * stride + headroom,
+				       bufs + (size_t)(i0 + k) * stride + headroom,
+				       lens[i0 + k] < room ? lens[i0 + k] : room);
+			for (uint32_t k = 0; k < m; k++) {
+				uint8_t *buf = work + (size_t)k * stride;
+				uint32_t len = lens[i0 + k] < room ? lens[i0 + k] : room;
 
-					memcpy(&w, work + headroom + k, 8);
-					acc += w;
+				if (mode == 0) {   /* one call per frame, as xsk.c and rawsock.c make */
+					fwd_process(s, buf, stride, headroom, len, &res, c);
+					acc += res.out_len;
+				} else {
+					for (int b = 0; b < 64; b += 8) {
+						uint64_t w;
+
+						memcpy(&w, buf + headroom + b, 8);
+						acc += w;
+					}
 				}
 			}
 		}
 	}
-	clock_gettime(CLOCK_MONOTONIC, &t1);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
 	bench_sink += acc;
 	free(c);
+	free(work);
 	return (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000u + (uint64_t)t1.tv_nsec -
 	       (uint64_t)t0.tv_nsec;
 }

@@ -1,10 +1,10 @@
 /*
- * core_priv.h - what the packet core's three files share: the parsed view of
+ * core_priv.h - what core.c and its two parts (core_parse.h, core_encap.h) share: the parsed view of
  * one frame (struct pkt), byte-order loads/stores that never alias packet
  * bytes, and the RFC 1071 checksum helpers.
  *
- * parse.c classifies a frame into a struct pkt (docs/packet-core.md §2),
- * core.c matches the bind, hashes and picks the row (§3, §6), encap.c writes
+ * core_parse.h classifies a frame into a struct pkt (docs/packet-core.md §2),
+ * core.c matches the bind, hashes and picks the row (§3, §6), core_encap.h writes
  * the GUE frame or the ICMP error reply (§4, §5).
  */
 #ifndef FWD_CORE_PRIV_H
@@ -39,6 +39,7 @@ struct pkt {
 	const uint8_t *ip;     /* start of the IP packet (after L2) */
 	const uint8_t *src;    /* flow source address (reversed for ICMP errors) */
 	const uint8_t *dst;    /* flow destination address */
+	uint64_t dst_w[2];     /* dst as addr_load_words gives it (bind matching) */
 	uint32_t l2;           /* 14 or 18 */
 	uint32_t ip_len;       /* IPv4 total length or 40 + IPv6 payload length */
 	uint32_t first_vip;    /* first bind whose prefix holds the outer destination */
@@ -54,24 +55,6 @@ struct pkt {
 	 * a narrow load from a wider store would stall on store forwarding) */
 	uint16_t primary, secondary, gue_sport;
 };
-
-/* Shared between the core's files only: direct calls, no PLT in the .so. */
-#define FWD_HIDDEN __attribute__((visibility("hidden")))
-
-/*
- * Returns FWD_FORWARD when the frame is VIP traffic ready for bind matching,
- * FWD_PASS, or FWD_DROP with p->reason set.
- */
-FWD_HIDDEN int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len,
-			 struct pkt *p);
-
-/*
- * Write the GUE frame (or the ICMP reply when it would exceed the MTU) for a
- * packet whose row gave p->primary/p->secondary. Fills res->reason/out_off/
- * out_len and returns the verdict.
- */
-FWD_HIDDEN int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint8_t *buf,
-	      uint32_t off, const struct pkt *p, struct fwd_result *res);
 
 /* ---- byte order, without aliasing packet bytes ---- */
 
@@ -105,34 +88,26 @@ static inline void store_be64(uint8_t *p, uint64_t v)
 	memcpy(p, &v, 8);
 }
 
-/* Does bind b's prefix hold addr (of the given family)? */
-static inline int bind_holds(const struct fwd_bind_spec *b, uint8_t family, const uint8_t *addr)
+/* An address as the raw words of struct fwd_snap_bind (IPv4: 4 bytes in w[0], w[1] = 0). */
+static inline void addr_load_words(uint8_t family, const uint8_t *a, uint64_t w[2])
 {
-	unsigned plen = b->prefix_len;
-
-	if (b->prefix.family != family)
-		return 0;
 	if (family == 4) {
-		uint32_t a = (uint32_t)addr[0] << 24 | (uint32_t)addr[1] << 16 |
-			     (uint32_t)addr[2] << 8 | addr[3];
-		const uint8_t *q = b->prefix.bytes;
-		uint32_t n = (uint32_t)q[0] << 24 | (uint32_t)q[1] << 16 |
-			     (uint32_t)q[2] << 8 | q[3];
-		uint32_t m = (uint32_t)(~0ull << (32 - (plen < 32 ? plen : 32)));   /* /0 -> 0 */
+		uint32_t v;
 
-		return ((a ^ n) & m) == 0;
+		memcpy(&v, a, 4);
+		w[0] = v;
+		w[1] = 0;
+	} else {
+		memcpy(&w[0], a, 8);
+		memcpy(&w[1], a + 8, 8);
 	}
-	uint64_t a0, a1, n0, n1;
+}
 
-	memcpy(&a0, addr, 8);
-	memcpy(&a1, addr + 8, 8);
-	memcpy(&n0, b->prefix.bytes, 8);
-	memcpy(&n1, b->prefix.bytes + 8, 8);
-	uint64_t x0 = __builtin_bswap64(a0 ^ n0), x1 = __builtin_bswap64(a1 ^ n1);
-	uint64_t m0 = plen == 0 ? 0 : plen >= 64 ? ~0ull : ~0ull << (64 - plen);
-	uint64_t m1 = plen <= 64 ? 0 : plen >= 128 ? ~0ull : ~0ull << (128 - plen);
-
-	return ((x0 & m0) | (x1 & m1)) == 0;
+/* Does bind b's prefix hold the address whose words are w (of the given family)? */
+static inline int bind_holds(const struct fwd_snap_bind *b, uint8_t family, const uint64_t w[2])
+{
+	return b->family == family &&
+	       (((w[0] ^ b->net[0]) & b->mask[0]) | ((w[1] ^ b->net[1]) & b->mask[1])) == 0;
 }
 
 /* ---- RFC 1071 checksum ----

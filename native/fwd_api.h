@@ -205,14 +205,17 @@ void fwd_process_batch(const struct fwd_snapshot *s, uint8_t *bufs, uint32_t str
 		       struct fwd_result *results, struct fwd_counters *counters);
 
 /*
- * Benchmark on the calling thread: for iters rounds over the n frames
- * (same layout as fwd_process_batch, the originals are not modified), copy
- * each frame into a work buffer, then (mode 0) run fwd_process on it or
- * (mode 1) only read its first 64 bytes (the floor). Returns elapsed ns.
+ * Benchmark on the calling thread: for iters rounds over the n frames (same
+ * layout as fwd_process_batch, stride a multiple of 64; the originals are not
+ * modified), copy each group of `slots` frames into `slots` work buffers of
+ * that stride, then (mode 0) call fwd_process on each, as the back ends do,
+ * or (mode 1) only read each frame's first 64 bytes (the floor). slots 1
+ * reuses one buffer; 64 is the back ends' rx burst. Returns the thread's CPU
+ * time in ns (0 on bad arguments or no memory).
  */
 uint64_t fwd_bench(const struct fwd_snapshot *s, const uint8_t *bufs, uint32_t stride,
 		   uint32_t headroom, const uint32_t *lens, uint32_t n, uint32_t iters,
-		   int mode);
+		   int mode, uint32_t slots);
 
 /* SipHash-2-4, 64-bit result (out: 8 bytes, as the reference implementation writes it). */
 void fwd_siphash24(const uint8_t *in, uint64_t inlen, const uint8_t *key, uint8_t *out);

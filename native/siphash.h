@@ -29,13 +29,23 @@ static inline uint64_t fwd_load_le64(const uint8_t *p)
 	       (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
 }
 
+#define FWD_SIP_C0 0x736f6d6570736575ULL
+#define FWD_SIP_C1 0x646f72616e646f6dULL
+#define FWD_SIP_C2 0x6c7967656e657261ULL
+#define FWD_SIP_C3 0x7465646279746573ULL
+
+static inline uint32_t fwd_load_le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 static inline uint64_t fwd_siphash24_u64(const uint8_t *in, uint64_t inlen, const uint8_t *key)
 {
 	uint64_t k0 = fwd_load_le64(key), k1 = fwd_load_le64(key + 8);
-	uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
-	uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
-	uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
-	uint64_t v3 = 0x7465646279746573ULL ^ k1;
+	uint64_t v0 = FWD_SIP_C0 ^ k0;
+	uint64_t v1 = FWD_SIP_C1 ^ k1;
+	uint64_t v2 = FWD_SIP_C2 ^ k0;
+	uint64_t v3 = FWD_SIP_C3 ^ k1;
 	const uint8_t *end = in + (inlen & ~(uint64_t)7);
 	uint64_t b = inlen << 56;
 
@@ -66,6 +76,35 @@ static inline uint64_t fwd_siphash24_u64(const uint8_t *in, uint64_t inlen, cons
 	FWD_SIPROUND(v0, v1, v2, v3);
 	FWD_SIPROUND(v0, v1, v2, v3);
 	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/*
+ * The same function fed word by word, for inputs assembled in registers:
+ * start from a keyed state, absorb each full 8-byte little-endian word, then
+ * finish with the 0..7 remaining bytes (as a little-endian value) and the
+ * total length.
+ */
+struct fwd_sip {
+	uint64_t v0, v1, v2, v3;
+};
+
+static inline void fwd_sip_absorb(struct fwd_sip *s, uint64_t m)
+{
+	s->v3 ^= m;
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	s->v0 ^= m;
+}
+
+static inline uint64_t fwd_sip_finish(struct fwd_sip *s, uint64_t tail, uint64_t inlen)
+{
+	fwd_sip_absorb(s, tail | inlen << 56);
+	s->v2 ^= 0xff;
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	return s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
 }
 
 #endif

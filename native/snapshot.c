@@ -4,13 +4,15 @@
  * A snapshot is what workers read per packet: node settings, binds and, per
  * table, the hash key, backend addresses and rows. Everything is copied (the
  * tables go on changing while workers still read an old snapshot), and the
- * input is validated here so the packet core can trust it.
+ * input is validated here so the packet core can trust it. What the core would
+ * otherwise derive per packet from the config is derived here once: binds as
+ * raw masks, the keyed SipHash state, per-backend checksum words.
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include "fwd_api.h"
-#include "fwd_internal.h"
+#include "core_priv.h"
+#include "siphash.h"
 #include "table_priv.h"
 
 /* Nonzero when the bits of a's bytes past prefix_len are all zero. */
@@ -58,13 +60,64 @@ static int snapshot_args_valid(const struct fwd_node_spec *node, const struct fw
 	return 1;
 }
 
-/* Copy a bind with the unused address bytes (IPv4: 4..15) cleared. */
-static void bind_copy(struct fwd_bind_spec *dst, const struct fwd_bind_spec *src)
+/* A bind in the form the packet core tests (struct fwd_snap_bind). */
+void fwd_snap_bind_compile(struct fwd_snap_bind *dst, const struct fwd_bind_spec *src)
 {
 	uint32_t alen = src->prefix.family == 4 ? 4 : 16;
+	uint8_t net[16] = {0}, mask[16] = {0};
 
-	*dst = *src;
-	memset(dst->prefix.bytes + alen, 0, sizeof(dst->prefix.bytes) - alen);
+	for (uint32_t i = 0; i < alen; i++) {
+		uint32_t bits = src->prefix_len > i * 8 ? src->prefix_len - i * 8 : 0;
+
+		mask[i] = bits >= 8 ? 0xff : (uint8_t)(0xff00u >> bits);
+		net[i] = src->prefix.bytes[i] & mask[i];
+	}
+	memcpy(dst->net, net, 16);
+	memcpy(dst->mask, mask, 16);
+	dst->family = src->prefix.family;
+	dst->proto = src->proto;
+	dst->hash_fields = src->hash_fields;
+	dst->port_lo = src->port_lo;
+	dst->port_hi = src->port_hi;
+	dst->table = src->table;
+}
+
+/* Sum of the big-endian 16-bit words of an address (4 or 16 bytes). */
+static uint32_t addr_words(const struct fwd_addr *a)
+{
+	uint32_t sum = 0;
+
+	for (uint32_t i = 0; i < (a->family == 4 ? 4u : 16u); i += 2)
+		sum += load_be16(a->bytes + i);
+	return sum;
+}
+
+/*
+ * What gue_encap would otherwise recompute per packet: the keyed SipHash
+ * state, and per backend the checksum words that depend only on the backend
+ * and the node's tunnel source of its family.
+ */
+void fwd_snap_table_precompute(struct fwd_snap_table *st, const struct fwd_node_spec *node)
+{
+	uint64_t k0 = fwd_load_le64(st->hash_key), k1 = fwd_load_le64(st->hash_key + 8);
+	struct fwd_addr src4 = {.family = 4}, src6 = {.family = 6};
+
+	st->sip_init[0] = FWD_SIP_C0 ^ k0;
+	st->sip_init[1] = FWD_SIP_C1 ^ k1;
+	st->sip_init[2] = FWD_SIP_C2 ^ k0;
+	st->sip_init[3] = FWD_SIP_C3 ^ k1;
+	memcpy(src4.bytes, node->tunnel_src4, 4);
+	memcpy(src6.bytes, node->tunnel_src6, 16);
+	for (uint32_t i = 0; i < st->nbackends; i++) {
+		const struct fwd_addr *a = &st->backends[i];
+
+		st->csum_addr[i] = addr_words(a);
+		if (a->family == 4)   /* 45 00 | DF | ttl 64, udp | both addresses */
+			st->csum_outer[i] = 0x4500 + 0x4000 + (64 << 8 | IPPROTO_UDP_) +
+					    addr_words(&src4) + st->csum_addr[i];
+		else
+			st->csum_outer[i] = addr_words(&src6) + st->csum_addr[i];
+	}
 }
 
 struct fwd_snapshot *fwd_snapshot_new(const struct fwd_node_spec *node,
@@ -81,7 +134,7 @@ struct fwd_snapshot *fwd_snapshot_new(const struct fwd_node_spec *node,
 	s->node = *node;
 	s->nbinds = nbinds;
 	for (uint32_t i = 0; i < nbinds; i++)
-		bind_copy(&s->binds[i], &binds[i]);
+		fwd_snap_bind_compile(&s->binds[i], &binds[i]);
 	for (uint32_t i = 0; i < ntables; i++) {
 		struct fwd_snap_table *st = calloc(1, sizeof(*st));
 
@@ -90,6 +143,7 @@ struct fwd_snapshot *fwd_snapshot_new(const struct fwd_node_spec *node,
 			return NULL;
 		}
 		fwd_table_snap_fill(tables[i], st);
+		fwd_snap_table_precompute(st, node);
 		s->tables[i] = st;
 		s->ntables = i + 1;
 	}

@@ -1,12 +1,12 @@
 /*
  * core_smoke.c - standalone smoke test of the packet core: builds a snapshot
- * by hand (no table.c/snapshot.c needed), checks GLB Director's published
+ * by hand (snapshot.c only derives its precomputed parts), checks GLB Director's published
  * example byte by byte, then throws random and truncated frames at
  * fwd_process with small and large headroom. Meant for sanitizer builds:
  *
  *   cc -std=gnu11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all \
- *      -Inative native/tests/core_smoke.c native/core.c native/parse.c \
- *      native/encap.c native/siphash.c -o /tmp/core_smoke && /tmp/core_smoke 200000
+ *      -Inative native/tests/core_smoke.c native/core.c native/snapshot.c \
+ *      native/table.c native/siphash.c -o /tmp/core_smoke && /tmp/core_smoke 200000
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,11 +67,13 @@ static struct fwd_snapshot *snap_build(void)
 	memcpy(t6->backends[1].bytes, be[0], 4);
 	for (int r = 0; r < FWD_ROWS; r++)
 		t6->rows[r] = r % 5 ? (struct fwd_row){0, 1} : (struct fwd_row){FWD_NONE, FWD_NONE};
+	fwd_snap_table_precompute(t, &s->node);
+	fwd_snap_table_precompute(t6, &s->node);
 	s->tables[0] = t;
 	s->tables[1] = t6;
 	s->ntables = 2;
 
-	struct fwd_bind_spec *b = s->binds;
+	struct fwd_bind_spec b[4];
 
 	b[0] = (struct fwd_bind_spec){.prefix = {4, {1, 1, 1, 1}}, .prefix_len = 32, .proto = 6,
 				      .port_lo = 80, .port_hi = 80, .hash_fields = 1, .table = 0};
@@ -81,6 +83,8 @@ static struct fwd_snapshot *snap_build(void)
 				      .port_lo = 0, .port_hi = 65535, .hash_fields = 15, .table = 1};
 	b[3] = (struct fwd_bind_spec){.prefix = {6, {0}}, .prefix_len = 0, .proto = 17,
 				      .port_lo = 1, .port_hi = 1000, .hash_fields = 3, .table = 0};
+	for (int i = 0; i < 4; i++)
+		fwd_snap_bind_compile(&s->binds[i], &b[i]);
 	s->nbinds = 4;
 	return s;
 }

@@ -1,17 +1,20 @@
 /*
- * encap.c - the output frames (docs/packet-core.md §4, §5): the GUE frame
+ * core_encap.h - the output frames (docs/packet-core.md §4, §5): the GUE frame
  * towards the primary backend, with the secondary in the hop list, and the
  * ICMP fragmentation-needed / packet-too-big reply when that frame would
  * exceed the egress MTU. Both are written in place: the inner IP packet stays
  * where it was received and the new headers go in the headroom before it.
  */
+#ifndef FWD_CORE_ENCAP_H
+#define FWD_CORE_ENCAP_H
+
 #include "core_priv.h"
 
 #define GUE_HLEN 8          /* base header + private data (type, hop index, count) */
 #define ICMP4_REPLY_MAX 576 /* total length of an ICMPv4 error */
 #define ICMP6_REPLY_MAX 1280
 
-static int encap_drop(struct fwd_result *res, uint8_t reason)
+static inline int encap_drop(struct fwd_result *res, uint8_t reason)
 {
 	res->reason = reason;
 	return FWD_DROP;
@@ -87,35 +90,45 @@ __attribute__((noinline, cold)) static int icmp_reply(uint8_t *buf, uint32_t off
 	return FWD_REPLY;
 }
 
-int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint8_t *buf,
-	      uint32_t off, const struct pkt *p, struct fwd_result *res)
+static inline int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint8_t *buf,
+			    uint32_t off, const struct pkt *p, struct fwd_result *res)
 {
 	const struct fwd_node_spec *node = &s->node;
-	const struct fwd_addr *pa = &t->backends[p->primary], *sa = NULL;
-	const uint8_t *tsrc;
-	uint32_t iph, hop_bytes = 0, mtu_max;
+	uint32_t pi = p->primary, si = p->secondary;
+	const struct fwd_addr *pa = &t->backends[pi];
+	const uint8_t *tsrc, *hop = NULL;
+	uint32_t iph, hop_bytes = 0, hop_sum = 0, gue_lo = 0, mtu = node->mtu;
 
 	if (pa->family == 4) {
 		if (!node->has_tunnel_src4)
 			return encap_drop(res, FWD_DROP_NO_TUNNEL_SOURCE);
 		iph = 20;
 		tsrc = node->tunnel_src4;
-		mtu_max = 65535;        /* what the outer total length can say */
+		if (mtu > 65535)   /* what the outer total length can say */
+			mtu = 65535;
 	} else {
 		if (!node->has_tunnel_src6)
 			return encap_drop(res, FWD_DROP_NO_TUNNEL_SOURCE);
 		iph = 40;
 		tsrc = node->tunnel_src6;
-		mtu_max = 40 + 65535;   /* what the payload length can say */
+		if (mtu > 40 + 65535)   /* what the payload length can say */
+			mtu = 40 + 65535;
 	}
-	if (p->secondary != p->primary && p->secondary < t->nbackends) {
-		sa = &t->backends[p->secondary];
-		hop_bytes = sa->family == 4 ? 4 : 16;
+	if (si != pi && si < t->nbackends) {
+		hop = t->backends[si].bytes;
+		hop_sum = t->csum_addr[si];
+		/* GUE private data, low word: type (0 IPv4 hops, 1 IPv6), next hop 0, count 1 */
+		if (t->backends[si].family == 4) {
+			hop_bytes = 4;
+			gue_lo = 1;
+		} else {
+			hop_bytes = 16;
+			gue_lo = 1 << 16 | 1;
+		}
 	}
 
 	uint32_t over = iph + 8 + GUE_HLEN + hop_bytes;   /* outer IP length - ip_len */
 	uint32_t outer_len = over + p->ip_len;
-	uint32_t mtu = node->mtu < mtu_max ? node->mtu : mtu_max;
 
 	if (outer_len > mtu) {
 		if (p->no_frag && !p->icmp_err)
@@ -131,12 +144,11 @@ int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint
 	/* o[0..12) ends before f: hdr >= 50 > l2 + 12, so the MACs are read before
 	 * the outer headers overwrite the input's L2 header. */
 	uint8_t *f = buf + off, *o = f + p->l2 - hdr;
-
 	const uint8_t *dmac = node->has_dst_mac ? node->dst_mac : f + 6;
 	const uint8_t *smac = node->has_src_mac ? node->src_mac : f;
 
 	if (s->use_nexthops) {   /* live: the route's egress and neighbour decide */
-		const struct fwd_nexthop *nh = &t->nexthops[p->primary];
+		const struct fwd_nexthop *nh = &t->nexthops[pi];
 
 		if (!nh->ifindex)
 			return encap_drop(res, FWD_DROP_NO_NEXTHOP);
@@ -150,19 +162,24 @@ int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint
 	uint8_t *h = o + ETH_HLEN, *u = h + iph, *g = u + 8;
 	uint32_t udp_len = outer_len - iph;
 	/* GUE: hlen (32-bit words after the base header), inner proto, flags 0 |
-	 * private type (0 IPv4 hops, 1 IPv6 hops), next hop 0, hop count */
-	uint64_t gue = (uint64_t)(1 + hop_bytes / 4) << 56 |
-		       (uint64_t)(p->family == 4 ? 4 : 41) << 48 |
-		       (uint64_t)(hop_bytes == 16) << 16 | (uint64_t)(hop_bytes != 0);
+	 * private data (gue_lo above) */
+	uint32_t gue_hi = (1 + hop_bytes / 4) << 8 | (p->family == 4 ? 4 : 41);
 
+	/* UDP: sport, 19523, length, checksum 0 (set below over IPv6) */
+	store_be64(u, (uint64_t)p->gue_sport << 48 | (uint64_t)FWD_GUE_PORT << 32 |
+			      (uint64_t)udp_len << 16);
+	store_be64(g, (uint64_t)gue_hi << 48 | gue_lo);
+	if (hop_bytes == 4)
+		memcpy(g + 8, hop, 4);
+	else if (hop_bytes == 16)
+		memcpy(g + 8, hop, 16);
 	if (iph == 20) {
 		store_be16(o + 12, ETH_P_IPV4);
-		/* 45 00 len | id 0, DF | ttl 64, udp, checksum */
+		/* 45 00 len | id 0, DF | ttl 64, udp, checksum (constant words and
+		 * both addresses are in csum_outer) */
 		store_be64(h, 0x4500000000004000ull | (uint64_t)outer_len << 32);
 		store_be32(h + 8, (uint32_t)(64 << 8 | IPPROTO_UDP_) << 16 |
-					  csum_finish(0x4500 + outer_len + 0x4000 +
-						      (64 << 8 | IPPROTO_UDP_) + csum_addr4(tsrc) +
-						      csum_addr4(pa->bytes)));
+					  csum_finish(t->csum_outer[pi] + outer_len));
 		memcpy(h + 12, tsrc, 4);
 		memcpy(h + 16, pa->bytes, 4);
 	} else {
@@ -171,26 +188,12 @@ int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint
 				      IPPROTO_UDP_ << 8 | 64);
 		memcpy(h + 8, tsrc, 16);
 		memcpy(h + 24, pa->bytes, 16);
-	}
-	/* UDP: sport, 19523, length, checksum 0 (set below over IPv6) */
-	store_be64(u, (uint64_t)p->gue_sport << 48 | (uint64_t)FWD_GUE_PORT << 32 |
-			      (uint64_t)udp_len << 16);
-	store_be64(g, gue);
-	if (hop_bytes == 4)
-		memcpy(g + 8, sa->bytes, 4);
-	else if (hop_bytes == 16)
-		memcpy(g + 8, sa->bytes, 16);
-	if (iph == 40) {
-		uint64_t acc = csum_acc(0, p->ip, p->ip_len);
 
-		acc = csum_acc(acc, tsrc, 16);
-		acc = csum_acc(acc, pa->bytes, 16);
-		if (sa)
-			acc = csum_acc(acc, sa->bytes, hop_bytes);
-
-		uint32_t sum = csum_be16(acc) + csum_pseudo6(udp_len, IPPROTO_UDP_) +
-			       p->gue_sport + FWD_GUE_PORT + udp_len + (uint32_t)(gue >> 48) +
-			       (uint32_t)(gue >> 16 & 0xffff) + (uint32_t)(gue & 0xffff);
+		/* the inner packet, the pseudo header (addresses in csum_outer), UDP
+		 * and GUE header words, the hop */
+		uint32_t sum = csum_be16(csum_acc(0, p->ip, p->ip_len)) + t->csum_outer[pi] +
+			       csum_pseudo6(udp_len, IPPROTO_UDP_) + p->gue_sport + FWD_GUE_PORT +
+			       udp_len + gue_hi + gue_lo + hop_sum;
 		uint16_t c = csum_finish(sum);
 
 		store_be16(u + 6, c ? c : 0xffff);
@@ -199,3 +202,5 @@ int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint
 	res->out_len = hdr + p->ip_len;
 	return FWD_FORWARD;
 }
+
+#endif

@@ -1,10 +1,13 @@
 /*
- * parse.c - classification of one frame (docs/packet-core.md §2): Ethernet
+ * core_parse.h - classification of one frame (docs/packet-core.md §2): Ethernet
  * with at most one 802.1Q tag, the IPv4/IPv6 header checks, the VIP test, the
  * IPv6 extension chain and the per-protocol rules that decide which flow is
  * hashed. Read only; every read is checked against the frame length or, past
  * the IP header, against the IP length (Ethernet padding is not packet).
  */
+#ifndef FWD_CORE_PARSE_H
+#define FWD_CORE_PARSE_H
+
 #include "core_priv.h"
 
 enum { EXT_OK, EXT_TOO_MANY, EXT_TRUNCATED };
@@ -15,7 +18,7 @@ enum { EXT_OK, EXT_TOO_MANY, EXT_TRUNCATED };
  * upper-layer protocol and *off its start. *frag_id takes the low 16 bits of
  * the identification of the last fragment header seen.
  */
-static int ipv6_ext_walk(const uint8_t *ip, uint32_t end, uint8_t *nh, uint32_t *off,
+static inline int ipv6_ext_walk(const uint8_t *ip, uint32_t end, uint8_t *nh, uint32_t *off,
 			 int *frag, uint16_t *frag_id)
 {
 	uint32_t o = *off;
@@ -45,18 +48,18 @@ static int ipv6_ext_walk(const uint8_t *ip, uint32_t end, uint8_t *nh, uint32_t 
 	return EXT_OK;
 }
 
-/* Index of the first bind whose prefix holds dst, or s->nbinds. */
-static uint32_t vip_find(const struct fwd_snapshot *s, uint8_t family, const uint8_t *dst)
+/* Index of the first bind whose prefix holds p->dst (p->dst_w), or s->nbinds. */
+static inline uint32_t vip_find(const struct fwd_snapshot *s, const struct pkt *p)
 {
 	uint32_t i;
 
 	for (i = 0; i < s->nbinds; i++)
-		if (bind_holds(&s->binds[i], family, dst))
+		if (bind_holds(&s->binds[i], p->family, p->dst_w))
 			break;
 	return i;
 }
 
-static int parse_drop(struct pkt *p, uint8_t reason)
+static inline int parse_drop(struct pkt *p, uint8_t reason)
 {
 	p->reason = reason;
 	return FWD_DROP;
@@ -100,6 +103,7 @@ static int quote_parse(struct pkt *p, const uint8_t *q, uint32_t qn)
 	p->proto = proto;
 	p->src = qdst;
 	p->dst = qsrc;
+	addr_load_words(p->family, qsrc, p->dst_w);
 	p->sport = load_be16(q + hl + 2);
 	p->dport = load_be16(q + hl);
 	p->hint = p->sport;
@@ -109,7 +113,7 @@ static int quote_parse(struct pkt *p, const uint8_t *q, uint32_t qn)
 	return FWD_FORWARD;
 }
 
-int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, struct pkt *p)
+static inline int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, struct pkt *p)
 {
 	const uint8_t *ip;
 	uint32_t l2 = ETH_HLEN, avail, hl;
@@ -148,7 +152,8 @@ int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, stru
 		p->family = 4;
 		p->src = ip + 12;
 		p->dst = ip + 16;
-		p->first_vip = vip_find(s, 4, p->dst);
+		addr_load_words(4, p->dst, p->dst_w);
+		p->first_vip = vip_find(s, p);
 		if (p->first_vip == s->nbinds)
 			return FWD_PASS;
 		frag = (load_be16(ip + 6) & 0x3fff) != 0;
@@ -166,7 +171,8 @@ int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, stru
 		p->family = 6;
 		p->src = ip + 8;
 		p->dst = ip + 24;
-		p->first_vip = vip_find(s, 6, p->dst);
+		addr_load_words(6, p->dst, p->dst_w);
+		p->first_vip = vip_find(s, p);
 		if (p->first_vip == s->nbinds)
 			return FWD_PASS;
 		proto = ip[6];
@@ -231,3 +237,5 @@ int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, stru
 		return FWD_PASS;
 	return quote_parse(p, l4 + 8, l4len < 8 ? 0 : l4len - 8);
 }
+
+#endif
