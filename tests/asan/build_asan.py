@@ -73,7 +73,7 @@ def build_extension() -> Path:
 def build_core_smoke() -> Path:
     exe = OUT / "core_smoke"
     srcs = [ROOT / "native/tests/core_smoke.c"] + [
-        native.NATIVE / f for f in ("core.c", "parse.c", "encap.c", "siphash.c")
+        native.NATIVE / f for f in ("core.c", "snapshot.c", "table.c", "siphash.c")
     ]
     deps = [*srcs, *native.NATIVE.glob("*.h"), Path(__file__)]
     if not exe.exists() or any(p.stat().st_mtime > exe.stat().st_mtime for p in deps):
