@@ -133,8 +133,10 @@ def start_limited(fwd_run_ok, priv_tools, privdir):
     `fwd run` under limited(caps); stopped at the end, its log printed."""
     runs: list[tp.FwdRun] = []
 
-    def make(caps, uid: int = UID, extra=()):
-        def start(topo, toml: str, mode: str, interfaces=("eth0",), ns: str | None = None) -> tp.FwdRun:
+    def make(caps, uid: int = UID):
+        def start(
+            topo, toml: str, mode: str, interfaces=("eth0",), ns: str | None = None, extra=()
+        ) -> tp.FwdRun:
             n = len(runs)
             cfg = privdir / f"fwd{n}.toml"
             cfg.write_text(toml)
