@@ -51,6 +51,7 @@ from scapy.layers.l2 import Ether
 
 from tests import golden
 from tests.golden import CLIENT4, CLIENT6, VIP4, VIP6, eth, icmp4_error, icmp6_ptb, reply_quote4, reply_quote6
+from tests.model.packet import inet_checksum
 
 GUE_PORT = 19523
 
@@ -281,17 +282,8 @@ def _frag4(
     raw = bytearray(bytes(ip / body))
     struct.pack_into("!H", raw, 6, flags | offset)
     raw[10:12] = b"\0\0"  # checksum: not checked by fwd; recomputed for realism
-    struct.pack_into("!H", raw, 10, _inet_csum(bytes(raw[:20])))
+    struct.pack_into("!H", raw, 10, inet_checksum(bytes(raw[:20])))
     return bytes(eth())[:12] + b"\x08\x00" + bytes(raw)
-
-
-def _inet_csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _frag6(offset: int, m: bool, nh: int, body: bytes, ident: int = 0xABCD1234, res: int = 0) -> bytes:
@@ -533,14 +525,14 @@ def gue_frame(
         ip = bytearray(
             struct.pack("!BBHHHBBH", 0x40 | ihl, 0, ihl * 4 + n, 0, 0x4000, 64, 17, 0) + s + d + options
         )
-        struct.pack_into("!H", ip, 10, _inet_csum(bytes(ip)))
+        struct.pack_into("!H", ip, 10, inet_checksum(bytes(ip)))
         udp = struct.pack("!HHHH", 40000, GUE_PORT, n, 0)
         if ip_len is not None:
             struct.pack_into("!H", ip, 2, ip_len)
     else:
         ip = bytearray(struct.pack("!IHBB", 6 << 28, n, 17, 64) + s + d)
         pseudo = s + d + struct.pack("!I3xB", n, 17)
-        csum = _inet_csum(pseudo + struct.pack("!HHHH", 40000, GUE_PORT, n, 0) + payload) or 0xFFFF
+        csum = inet_checksum(pseudo + struct.pack("!HHHH", 40000, GUE_PORT, n, 0) + payload) or 0xFFFF
         udp = struct.pack("!HHHH", 40000, GUE_PORT, n, csum)
         if ip_len is not None:
             struct.pack_into("!H", ip, 4, ip_len)

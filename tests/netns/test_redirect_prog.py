@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.model.packet import inet_checksum
 from tests.netns import topology as tp
 
 pytest.importorskip("scapy")
@@ -118,16 +119,7 @@ def udp6() -> bytes:
     return bytes(IPv6(src=OTHER6, dst=VIP6) / UDP(sport=5353, dport=53) / b"query")
 
 
-# ------------------------------------------------------------------------------------ checksums
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+# ------------------------------------------------------------------------------------ headers
 
 
 def ipv4_header(src: str, dst: str, tot_len: int, ttl: int, tos: int, rest: bytes = b"") -> bytes:
@@ -149,7 +141,7 @@ def ipv4_header(src: str, dst: str, tot_len: int, ttl: int, tos: int, rest: byte
         )  # fmt: skip
         + rest
     )
-    struct.pack_into("!H", h, 10, csum(bytes(h)))
+    struct.pack_into("!H", h, 10, inet_checksum(bytes(h)))
     return bytes(h)
 
 
@@ -160,7 +152,7 @@ def udp6_checksum(src: str, dst: str, udp: bytes) -> int:
         + struct.pack("!I3xB", len(udp), 17)
     )
     zeroed = udp[:6] + b"\0\0" + udp[8:]
-    c = csum(ph + zeroed)
+    c = inet_checksum(ph + zeroed)
     return c or 0xFFFF
 
 
@@ -194,7 +186,7 @@ def expected_forward(frame: bytes, src: str, hop: str, macs: tuple[str, str] | N
             new_ip = bytearray(new_ip)
             new_ip[4:8] = ident_flags
             new_ip[10:12] = b"\0\0"
-            struct.pack_into("!H", new_ip, 10, csum(bytes(new_ip)))
+            struct.pack_into("!H", new_ip, 10, inet_checksum(bytes(new_ip)))
             new_ip = bytes(new_ip)
         else:
             new_ip = ipv4_header(src, hop, 20 + len(udp), ttl, tos)
@@ -358,7 +350,7 @@ def _cut_tcp(ip4: bytes) -> bytes:
     cut = ip4[: 20 + 12]
     h = bytearray(_patch16(cut, 2, len(cut)))
     h[10:12] = b"\0\0"
-    struct.pack_into("!H", h, 10, csum(bytes(h[:20])))
+    struct.pack_into("!H", h, 10, inet_checksum(bytes(h[:20])))
     return bytes(h)
 
 
@@ -623,7 +615,7 @@ def test_forwarded_to_next_hop(rig, case):
     assert out == want, f"{name}:\n got  {out.hex()}\n want {want.hex()}"
     _, iph, udp = split(out)
     if iph[0] >> 4 == 4:
-        assert csum(iph) == 0 and udp[6:8] == b"\0\0"
+        assert inet_checksum(iph) == 0 and udp[6:8] == b"\0\0"
     else:
         assert udp6_checksum(src, hop, udp) == struct.unpack_from("!H", udp, 6)[0]
 
