@@ -44,6 +44,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
+from fwd.tasks import cancel_all
+
 __all__ = [
     "BgpError",
     "BgpPeer",
@@ -704,12 +706,7 @@ class BgpSpeaker:
     async def stop(self) -> None:
         """Stop ExaBGP (it closes its sessions with a Cease notification) and clean up."""
         self.stopping = True
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         await self._terminate()
         if self._sync_handle is not None:
             self._sync_handle.cancel()

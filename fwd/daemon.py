@@ -48,6 +48,7 @@ from fwd.logs import use_format
 from fwd.metrics import CheckView, MetricsServer, MetricsView
 from fwd.notify import Notifier
 from fwd.overrides import ACTIONS, Overrides, describe_changes
+from fwd.tasks import cancel_all
 
 __all__ = ["Daemon", "DaemonError", "DaemonOptions"]
 
@@ -354,12 +355,7 @@ class Daemon:
                 await asyncio.wait_for(self._skip_drain.wait(), wait)
 
     async def _cleanup(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         if self.hc is not None:

@@ -41,7 +41,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from fwd import capabilities, native
 from fwd.config import Config
 from fwd.dataplane import Counters
-from fwd.nexthop import IPAddress, NextHop, NextHopThread, run_netlink
+from fwd.nexthop import IPAddress, NextHop, NextHopThread, in_thread, run_netlink
 from fwd.table import ForwardingTable
 
 __all__ = ["LiveDataplane", "LiveError", "MODES", "XSK_MODES", "NFT_TABLE", "Interface"]
@@ -167,20 +167,7 @@ def rx_queues_in_use(name: str, ifindex: int, mac: str | None, allocated: int) -
 
 def _in_thread(fn: Callable[[], T]) -> T:
     """fn() on a thread of its own: pyroute2's sync API must not meet a running (uv)loop."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as e:  # handed to the caller
-            box["error"] = e
-
-    t = threading.Thread(target=run, name="fwd-ethtool", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]  # type: ignore[no-any-return]
+    return in_thread(fn, "fwd-ethtool")
 
 
 def _ethtool(fn: Callable[[Any], T]) -> T:

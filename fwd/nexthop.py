@@ -460,10 +460,28 @@ class NextHopResolver:
         return users
 
 
+def in_thread(fn: Callable[[], T], name: str) -> T:
+    """fn() on a thread of its own, its result or exception handed back: pyroute2 must not meet
+    the caller's running (uv)loop."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, name=name, daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
 def run_netlink(coro_factory: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``coro_factory(AsyncIPRoute)`` to completion on a selector event loop in a thread of
     its own: callable from anywhere, also from inside a running (uv)loop."""
-    box: dict[str, Any] = {}
 
     async def main() -> T:
         ipr = AsyncIPRoute(groups=0)
@@ -472,19 +490,11 @@ def run_netlink(coro_factory: Callable[[Any], Awaitable[T]]) -> T:
         finally:
             ipr.close()
 
-    def run() -> None:
-        try:
-            with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
-                box["result"] = runner.run(main())
-        except BaseException as e:  # handed to the caller
-            box["error"] = e
+    def run() -> T:
+        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+            return runner.run(main())
 
-    t = threading.Thread(target=run, name="fwd-netlink", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]  # type: ignore[no-any-return]
+    return in_thread(run, "fwd-netlink")
 
 
 class NextHopThread:
