@@ -1,7 +1,8 @@
 """CPU used by the health checker: N backends checked every second on one uvloop loop.
 
     python bench/bench_healthcheck.py [--backends 1000] [--interval 1] [--seconds 15] [--runs 3]
-                                      [--kinds tcp,http,gue,http+gue] [--where netns|loopback]
+                                      [--kinds tcp,http,http-close,gue,http+gue]
+                                      [--where netns|loopback]
 
 What is measured: the CPU time (user + system, getrusage of its own process) of a process that
 does nothing but run healthcheck.HealthChecker — the daemon's checker, unchanged — on 1,000
@@ -11,7 +12,10 @@ backends at a 1 s interval (timeout 1 s, rise/fall 3, jitter 0.1), divided by th
 average (other work on this 2-core machine inflates CPU time).
 
 The backends are real: one child process serves every backend address — a TCP listener (accept,
-close), an HTTP server (200 to every GET, after reading the request) and, for the GUE check, a
+close), an HTTP/1.1 server (200 with a Content-Length to every GET; the connection is kept, as
+nginx keeps it, unless the request says ``Connection: close``: kinds ``http`` — the checker keeps
+one connection per backend — and ``http-close`` — ``reuse_connection = false``, a new connection
+per check) and, for the GUE check, a
 user-space stand-in for fwd-redirect that strips the GUE header and hands the inner packet (the
 checker's ICMP echo request) to its kernel through a raw socket; the kernel answers the echo
 from the backend address straight to the checker, as on a real backend. It busy-polls (epoll
@@ -52,7 +56,8 @@ import uvloop  # noqa: E402
 
 from healthcheck import DEFAULT_TICK, Checker, CheckSpec, HealthChecker, Target, Timing  # noqa: E402
 
-HTTP_ANSWER = (
+HTTP_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+HTTP_ANSWER_CLOSE = (
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nok"
 )
 TCP_PORT, HTTP_PORT, GUE_PORT = 18081, 18082, 19523
@@ -135,18 +140,25 @@ def serve(tcp_port: int, http_port: int, gue: bool) -> None:
                     except OSError:
                         pass
             elif fd in conns:
+                # HTTP/1.1 persistent connections, as nginx serves them: an answer per request,
+                # the connection kept unless the request asks for the close
                 c, buf = conns[fd]
                 try:
                     chunk = c.recv(4096)
-                except (BlockingIOError, ConnectionError):
+                except BlockingIOError:
+                    continue
+                except ConnectionError:
                     chunk = b""
                 buf += chunk
-                if not chunk or b"\r\n\r\n" in buf:
-                    if chunk:
-                        try:
-                            c.send(HTTP_ANSWER)
-                        except OSError:
-                            pass
+                close = not chunk
+                while not close and b"\r\n\r\n" in buf:
+                    head, buf = buf.split(b"\r\n\r\n", 1)
+                    close = b"\r\nconnection: close" in head.lower()
+                    try:
+                        c.send(HTTP_ANSWER_CLOSE if close else HTTP_ANSWER)
+                    except OSError:
+                        close = True
+                if close:
                     ep.unregister(fd)
                     del conns[fd]
                     c.close()
@@ -206,11 +218,21 @@ def check_main(a: argparse.Namespace) -> int:
     specs = {
         "tcp": CheckSpec("tcp", TCP_PORT),
         "http": CheckSpec("http", HTTP_PORT, uri="/health"),
+        "http-close": CheckSpec("http", HTTP_PORT, uri="/health", reuse_connection=False),
         "gue": CheckSpec("gue", GUE_PORT),
     }
     addresses = backend_addresses(a.base, a.backends)
     kinds = [specs[x] for x in a.check.split("+")]
-    r = uvloop.run(measure(kinds, addresses, a.interval, a.warmup, a.seconds, a.tick))
+    if a.profile:  # where the checker's own (Python) time goes, cProfile's view of it
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        r = prof.runcall(uvloop.run, measure(kinds, addresses, a.interval, a.warmup, a.seconds, a.tick))
+        with open(a.profile, "w") as f:
+            pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(40)
+    else:
+        r = uvloop.run(measure(kinds, addresses, a.interval, a.warmup, a.seconds, a.tick))
     print(json.dumps(r), flush=True)
     return 0
 
@@ -263,6 +285,7 @@ def run_kind(prefix: list[str], kind: str, a: argparse.Namespace, base: str) -> 
         "--backends", str(a.backends), "--interval", str(a.interval),
         "--warmup", str(a.warmup), "--seconds", str(a.seconds),
         *(["--tick", str(a.tick)] if a.tick else []),
+        *(["--profile", f"{a.profile}.{kind}.txt"] if a.profile else []),
     ]  # fmt: skip
     p = subprocess.run(argv, capture_output=True, text=True, timeout=a.warmup + a.seconds + 60)
     if p.returncode != 0:
@@ -277,11 +300,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--kinds", default="tcp,http,gue,http+gue", help="comma-separated; + combines checks")
+    ap.add_argument(
+        "--kinds", default="tcp,http,http-close,gue,http+gue", help="comma-separated; + combines checks"
+    )
     ap.add_argument("--where", choices=("netns", "loopback"), help="default: netns as root, else loopback")
     ap.add_argument(
         "--tick", type=float, help=f"the checker's tick (default: DEFAULT_TICK, {DEFAULT_TICK:g} s)"
     )
+    ap.add_argument("--profile", metavar="PREFIX", help="cProfile each run into PREFIX.KIND.txt")
     ap.add_argument("--serve", nargs=3, metavar=("TCP", "HTTP", "GUE"), help=argparse.SUPPRESS)
     ap.add_argument("--check", help=argparse.SUPPRESS)
     ap.add_argument("--base", default=LOOPBACK_BASE, help=argparse.SUPPRESS)

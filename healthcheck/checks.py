@@ -78,6 +78,7 @@ import heapq
 import logging
 import math
 import os
+import re
 import select
 import socket
 import ssl
@@ -122,6 +123,13 @@ _ICMP_ECHO_REPLY, _ICMP_ECHO = 0, 8
 _ICMP6_ECHO, _ICMP6_ECHO_REPLY = 128, 129
 _TOKEN_MAGIC = b"fwd-hc\0\0"
 _MAX_STATUS_LINE = 8192
+_MAX_HEAD = 16384  # the head of a response read to keep its connection (status line + fields)
+_MAX_BODY = 65536  # a longer body is not drained: the connection is closed instead
+_REUSE_MAX_AGE = 30.0  # seconds a kept connection serves checks (a new one proves accept works)
+_MSG_PEEK = socket.MSG_PEEK
+_STATUS_LINE = re.compile(rb"HTTP/[0-9.]+[ \t]+([0-9]+)(?:[ \t][^\n]*)?\n")
+_USUAL_STATUS = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9])[^\r\n]*\r\n")
+_FRAMING_FIELDS = re.compile(rb"\n(content-length|connection|transfer-encoding)[ \t]*:([^\n]*)", re.I)
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _CMSG_TS = socket.CMSG_SPACE(16)
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -323,6 +331,7 @@ class _Poller:
         self.watched: dict[int, Callable[[], None]] = {}
         self.expiring: dict[float, deque[_Run]] = {}
         self.pokes: deque[tuple[int, _Run]] = deque()
+        self.idle: set[_TcpPlan] = set()  # plans holding a kept connection between checks
         self.scheduled = False
 
     def add(self, run: _Run) -> None:
@@ -396,6 +405,8 @@ class _Poller:
             self.ticker.next(self._on_tick)
 
     def close(self) -> None:
+        for plan in tuple(self.idle):
+            plan.close()
         self.expiring.clear()
         self.pokes.clear()
         self.waiting.clear()
@@ -413,31 +424,181 @@ def _http_request(spec: CheckSpec, address: IPAddress) -> bytes:
         host = f"[{address}]" if address.version == 6 else str(address)
         if spec.port != (443 if spec.kind == "https" else 80):
             host = f"{host}:{spec.port}"
+    # a kept connection says nothing (HTTP/1.1 keeps it by default); otherwise ask for the close
+    close = "" if spec.kind == "http" and spec.reuse_connection else "Connection: close\r\n"
     return (
         f"GET {spec.uri} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: fwd-healthcheck\r\n"
-        "Accept: */*\r\nConnection: close\r\n\r\n"
+        f"Accept: */*\r\n{close}\r\n"
     ).encode("latin-1")
 
 
-def _status_of(buf: bytes) -> int | None:
-    """The status code once buf holds the status line; None while it is incomplete."""
-    end = buf.find(b"\n")
+def _status_of(buf: bytes, start: int = 0) -> int | None:
+    """The status code once buf holds the status line starting at start; None while it is
+    incomplete."""
+    m = _STATUS_LINE.match(buf, start)
+    if m is not None:  # the usual line, without decoding it
+        return int(m[1])
+    end = buf.find(b"\n", start)
     if end < 0:
-        if len(buf) > _MAX_STATUS_LINE:
+        if len(buf) - start > _MAX_STATUS_LINE:
             raise _CheckFailed("no HTTP status line in the first 8 KiB")
         return None
-    line = buf[:end].rstrip(b"\r").decode("latin-1")
+    line = buf[start:end].rstrip(b"\r").decode("latin-1")
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
         raise _CheckFailed(f"not an HTTP status line: {line[:60]!r}")
     return int(parts[1])
 
 
+def _head_end(buf: bytes, start: int) -> int:
+    """Index just past the empty line that ends the head starting at start; -1 if not there yet
+    (lines end with CRLF, or a bare LF, which RFC 9112 lets a recipient accept)."""
+    crlf = buf.find(b"\n\r\n", start)
+    lf = buf.find(b"\n\n", start)
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    if lf < 0 or crlf < lf:
+        return crlf + 3
+    return lf + 2
+
+
+def _chunked_end(buf: bytes, p: int) -> int | None:
+    """Index just past a chunked body starting at p (trailers included); None while incomplete,
+    -1 if it cannot be framed or is longer than _MAX_BODY."""
+    start = p
+    while True:
+        nl = buf.find(b"\n", p)
+        if nl < 0:
+            return -1 if len(buf) - p > 1024 else None
+        size_field = buf[p:nl].split(b";", 1)[0].strip()  # chunk extensions are ignored
+        if not size_field or len(size_field) > 8 or size_field.strip(b"0123456789abcdefABCDEF"):
+            return -1
+        size = int(size_field, 16)
+        p = nl + 1
+        if size == 0:
+            break
+        if p + size - start > _MAX_BODY:
+            return -1
+        if len(buf) < p + size + 1:
+            return None
+        c = buf[p + size]
+        if c == 0x0A:
+            p += size + 1
+        elif c == 0x0D:
+            if len(buf) < p + size + 2:
+                return None
+            if buf[p + size + 1] != 0x0A:
+                return -1
+            p += size + 2
+        else:
+            return -1
+    while True:  # trailer fields, up to an empty line
+        nl = buf.find(b"\n", p)
+        if nl < 0:
+            return -1 if len(buf) - p > _MAX_HEAD else None
+        line, p = buf[p:nl], nl + 1
+        if line == b"" or line == b"\r":
+            return p
+
+
+def _response(buf: bytes, frame: bool) -> tuple[int, int | None] | None:
+    """The response at the start of buf, read to be able to send the next request on the same
+    connection. None until the final status line is complete; then (status, end): end is the
+    index just past the whole response, None while the rest of it is still to come, or -1 when
+    this connection cannot carry another request — ``frame`` False (only the status is wanted),
+    ``Connection: close``, HTTP/1.0 without keep-alive, a body delimited by the close, a head or
+    body over the limits, or framing that is not clear (RFC 9112 §6.3). Interim 1xx responses
+    are skipped. Raises _CheckFailed for an answer that is not HTTP."""
+    if frame:  # the usual answer first: HTTP/1.1, CRLFs, a Content-Length, maybe keep-alive
+        m = _USUAL_STATUS.match(buf)
+        if m is not None:
+            head = buf.find(b"\r\n\r\n", m.end() - 2)
+            if head >= 0:
+                end, n = head + 4, -1
+                for name, value in _FRAMING_FIELDS.findall(buf, m.end() - 2, end):
+                    name = name.lower()
+                    if name == b"content-length" and n == -1 and value.strip().isdigit():
+                        n = int(value)
+                    elif name != b"connection" or value.strip().lower() != b"keep-alive":
+                        n = -2
+                        break
+                if 0 <= n <= _MAX_BODY:
+                    n += end
+                    return int(m[1]), (n if len(buf) >= n else None)
+    return _response_general(buf, frame)
+
+
+def _response_general(buf: bytes, frame: bool) -> tuple[int, int | None] | None:
+    pos = 0
+    while True:
+        status = _status_of(buf, pos)
+        if status is None:
+            return None
+        interim = 100 <= status < 200 and status != 101
+        if not (frame or interim):
+            return status, -1
+        end = _head_end(buf, pos)
+        if end < 0:
+            if len(buf) - pos > _MAX_HEAD:
+                return (status, -1) if not interim else None
+            return None if interim else (status, None)
+        if not interim:
+            break
+        pos = end
+    if status == 101:
+        return status, -1
+    version = buf[pos : pos + 8]
+    conn, te, lengths = b"", b"", set()
+    # only three fields matter; one regex over the head (lower-cased) finds them
+    for name, value in _FRAMING_FIELDS.findall(buf, pos, end):
+        name = name.lower()
+        if name == b"content-length":
+            lengths.add(value.strip())
+        elif name == b"connection":
+            conn += b"," + value.lower()
+        else:
+            te += b"," + value.lower()
+    tokens = {t.strip() for t in conn.split(b",")} if conn else ()
+    if b"close" in tokens or (version != b"HTTP/1.1" and b"keep-alive" not in tokens):
+        return status, -1
+    if status == 204 or status == 304:
+        return status, end
+    if te:
+        codings = [t.strip() for t in te.split(b",") if t.strip()]
+        if lengths or not codings or codings[-1] != b"chunked":
+            return status, -1
+        return status, _chunked_end(buf, end)
+    if len(lengths) != 1:
+        return status, -1  # none: the body ends with the connection; several: unclear
+    (value,) = lengths
+    if not value.isdigit() or int(value) > _MAX_BODY:
+        return status, -1
+    n = end + int(value)
+    return status, (n if len(buf) >= n else None)
+
+
+def _idle_clean(sock: _socket.socket) -> bool:
+    """An idle kept connection has nothing to read: no end of stream, no reset, and no bytes
+    the server sent on its own (e.g. a 408 before it closes), which would be taken for the
+    answer to the next request."""
+    try:
+        sock.recv(1, _MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
 class _TcpPlan:
     """What every check of one tcp/http spec of one address shares: the address tuple to
-    connect to, the request bytes, the texts. Made once per probe (``Checker.prepare``)."""
+    connect to, the request bytes, the texts, and for http the kept connection between checks
+    (``reuse_connection``). Made once per probe (``Checker.prepare``)."""
 
-    __slots__ = ("poller", "spec", "family", "dest", "bind", "http", "request", "status")
+    __slots__ = (
+        "poller", "spec", "family", "dest", "bind", "http", "request", "status", "reuse",
+        "conn", "conn_registered", "conn_born", "closed",
+    )  # fmt: skip
 
     def __init__(self, poller: _Poller, spec: CheckSpec, address: IPAddress) -> None:
         self.poller = poller
@@ -448,35 +609,57 @@ class _TcpPlan:
         self.http = spec.kind == "http"
         self.request = _http_request(spec, address) if self.http else b""
         self.status = spec.status
+        self.reuse = self.http and spec.reuse_connection
+        self.conn: _socket.socket | None = None  # the kept connection while no check uses it
+        self.conn_registered = False  # it is in the poller's epoll set (one-shot, disarmed)
+        self.conn_born = 0.0  # loop time it was opened
+        self.closed = False
 
     def __call__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
         poller = self.poller
-        run = _TcpRun(timeout, poller.loop.time() + timeout, done, self)
-        try:
-            sock = run.sock = _socket.socket(self.family, _SOCK_STREAM_NONBLOCK)
-        except OSError as e:
-            run.fail(e)
+        now = poller.loop.time()
+        run = _TcpRun(timeout, now + timeout, done, self)
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            poller.idle.discard(self)
+            if now - self.conn_born < _REUSE_MAX_AGE and _idle_clean(conn):
+                run.sock, run.fd, run.born = conn, conn.fileno(), self.conn_born
+                run.registered = self.conn_registered
+                run.kept = run.reused = True
+                poller.add(run)
+                run.send()
+                return
+            _reset_close(conn)
+        run.connect()
+        if not run.finished:
+            poller.add(run)
+
+    def park(self, run: _TcpRun) -> None:
+        """Keep run's connection for the next check (or close it if one is kept already)."""
+        self.poller.forget(run.fd, run)
+        if self.conn is not None or self.closed:
+            _reset_close(run.sock)
             return
-        run.fd = sock.fileno()
-        try:
-            if self.bind is not None:
-                sock.bind(self.bind)
-            code = sock.connect_ex(self.dest)
-            if code and code != errno.EINPROGRESS:
-                raise OSError(code, os.strerror(code))
-        except OSError as e:
-            run.close()
-            run.fail(e)
-            return
-        poller.add(run)
-        poller.soon(run)  # connected by the next tick on a LAN: TCP_INFO says so, no epoll
+        self.conn, self.conn_registered, self.conn_born = run.sock, run.registered, run.born
+        self.poller.idle.add(self)
+
+    def close(self) -> None:
+        """Close the kept connection; checks still running close theirs when they end."""
+        self.closed = True
+        if self.conn is not None:
+            _reset_close(self.conn)
+            self.conn = None
+        self.poller.idle.discard(self)
 
 
 class _TcpRun(_Run):
     """One tcp or http check: connect (state and RTT from TCP_INFO), then for http send the GET
-    and read up to the status line."""
+    and read the answer (on a kept connection: send at once, and read the whole response)."""
 
-    __slots__ = ("plan", "sock", "fd", "registered", "rtt", "sent", "buf", "first")
+    __slots__ = (
+        "plan", "sock", "fd", "registered", "rtt", "sent", "buf", "first", "kept", "reused", "born", "status",
+    )  # fmt: skip
 
     def __init__(self, timeout: float, deadline: float, done: Callable[[CheckResult], None], plan: _TcpPlan):
         _Run.__init__(self, timeout, deadline, done)
@@ -486,6 +669,42 @@ class _TcpRun(_Run):
         self.sent = 0.0  # 0 while connecting; time.time() the request left once sent
         self.buf = b""
         self.first: float | None = None
+        self.kept = False  # on a kept connection
+        self.reused = False  # on a kept connection, no byte of the answer read yet
+        self.born = 0.0
+        self.status: int | None = None  # the answer's status, once known
+
+    def connect(self) -> None:
+        """Open a new connection (the first step of a check, or its one retry)."""
+        plan = self.plan
+        try:
+            sock = self.sock = _socket.socket(plan.family, _SOCK_STREAM_NONBLOCK)
+        except OSError as e:
+            self.fail(e)
+            return
+        self.fd = sock.fileno()
+        self.registered = False
+        self.born = plan.poller.loop.time()
+        try:
+            if plan.bind is not None:
+                sock.bind(plan.bind)
+            code = sock.connect_ex(plan.dest)
+            if code and code != errno.EINPROGRESS:
+                raise OSError(code, os.strerror(code))
+        except OSError as e:
+            self.close()
+            self.fail(e)
+            return
+        plan.poller.soon(self)  # connected by the next tick on a LAN: TCP_INFO says so, no epoll
+
+    def _reconnect(self) -> None:
+        """The kept connection turned out dead before any byte of the answer: one new one."""
+        self.close()
+        self.kept = self.reused = False
+        self.sent = 0.0
+        self.buf = b""
+        self.first = None
+        self.connect()
 
     def close(self) -> None:
         self.plan.poller.forget(self.fd, self)
@@ -501,7 +720,10 @@ class _TcpRun(_Run):
 
     def expire(self) -> None:
         self.close()
-        self.timeout_msg("no answer")
+        if self.status is not None:  # the status came in time, not the rest: the status decides
+            self._verdict(self.status)
+        else:
+            self.timeout_msg("no answer")
 
     def _wait(self, events: int) -> None:
         self.plan.poller.wait(self, self.fd, events, self.registered)
@@ -525,49 +747,95 @@ class _TcpRun(_Run):
             return
         rtt_us = _U32.unpack_from(info, _TCPI_RTT_OFFSET)[0]
         self.rtt = rtt_us * 1e-6 if rtt_us else None
-        plan = self.plan
-        if not plan.http:
+        if not self.plan.http:
             self.close()
             self.ok("connected", self.rtt)
             return
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-            self.sent = time.time()
-            if self.sock.send(plan.request) != len(plan.request):  # a few hundred bytes, empty buffer
-                raise _CheckFailed("could not send the request at once")
-        except (OSError, _CheckFailed) as e:
+        except OSError as e:
             self.close()
             self.fail(e)
             return
-        plan.poller.soon(self)  # the answer is usually there by the next tick
+        self.send()
+
+    def send(self) -> None:
+        request = self.plan.request
+        try:
+            self.sent = time.time()
+            if self.sock.send(request) != len(request):  # a few hundred bytes, empty buffer
+                raise _CheckFailed("could not send the request at once")
+        except OSError as e:
+            if self.reused:  # reset while idle
+                self._reconnect()
+                return
+            self.close()
+            self.fail(e)
+            return
+        except _CheckFailed as e:
+            self.close()
+            self.fail(e)
+            return
+        self.plan.poller.soon(self)  # the answer is usually there by the next tick
 
     def _read(self) -> None:
-        try:
+        sock = self.sock
+        while True:
             try:
-                chunk, anc, _, _ = self.sock.recvmsg(4096, _CMSG_TS)
+                chunk, anc, _, _ = sock.recvmsg(16384, _CMSG_TS)
             except (BlockingIOError, InterruptedError):
                 self._wait(_EPOLLIN)
                 return
+            except OSError as e:
+                if self.reused:
+                    self._reconnect()
+                    return
+                self.close()
+                self.fail(e)
+                return
             if not chunk:
-                raise _CheckFailed("connection closed before an HTTP status line")
+                if self.reused:  # closed by the server while idle
+                    self._reconnect()
+                    return
+                self.close()
+                if self.status is not None:  # a body that ends with the connection
+                    self._verdict(self.status)
+                else:
+                    self.fail(_CheckFailed("connection closed before an HTTP status line"))
+                return
+            self.reused = False
             if self.first is None:
                 self.first = _timestamp(anc)
             self.buf += chunk
-            status = _status_of(self.buf)
-            if status is None:
-                self._wait(_EPOLLIN)
+            try:
+                r = _response(self.buf, self.plan.reuse)
+            except _CheckFailed as e:
+                self.close()
+                self.fail(e)
                 return
-        except (OSError, _CheckFailed) as e:
-            self.close()
-            self.fail(e)
+            if r is None:
+                continue
+            self.status, end = r
+            if end is None:
+                continue
+            if end == len(self.buf) and self.status == self.plan.status:
+                self.plan.park(self)  # exactly one response, nothing after it: keep
+            else:
+                self.close()
+            self._verdict(self.status)
             return
-        self.close()
+
+    def _verdict(self, status: int) -> None:
         if status != self.plan.status:
             self.fail(_CheckFailed(f"HTTP {status}, expected {self.plan.status}"))
             return
         latency = None
-        if self.first is not None and self.rtt is not None:
-            latency = self.rtt + max(0.0, self.first - self.sent)
+        if self.first is not None:
+            wait = max(0.0, self.first - self.sent)
+            if self.rtt is not None:  # a new connection: its handshake, then the request
+                latency = self.rtt + wait
+            elif self.kept:
+                latency = wait
         self.ok(f"HTTP {status}", latency)
 
 

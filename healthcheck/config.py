@@ -58,6 +58,10 @@ class CheckSpec:
     tls_verify  https: verify the certificate chain and name (``False``: accept any).
     source      local address to send from; for tunnel probes the outer *and* inner source,
                 i.e. the address the backend answers to (normally the node's tunnel source).
+    reuse_connection  http: keep one HTTP/1.1 connection open and send each check's GET on it
+                (a new connection after any error, timeout or ``Connection: close``, and at
+                least every 30 s); ``False``: a new connection per check. https: not used yet
+                (every https check is a new TLS connection).
     """
 
     kind: str
@@ -67,6 +71,7 @@ class CheckSpec:
     status: int = 200
     tls_verify: bool = True
     source: IPAddress | None = None
+    reuse_connection: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in CHECK_KINDS:
@@ -167,7 +172,7 @@ def checks_from_glb(healthchecks: Mapping[str, int | str] | None) -> tuple[Check
 # --------------------------------------------------------------------------------------------
 # generic mappings (a TOML section), errors as fwd.config.ConfigError
 
-_CHECK_KEYS = ("type", "port", "uri", "host", "status", "tls_verify", "source")
+_CHECK_KEYS = ("type", "port", "uri", "host", "status", "tls_verify", "source", "reuse_connection")
 _TIMING_KEYS = ("interval", "timeout", "rise", "fall", "jitter")
 
 
@@ -194,8 +199,9 @@ def _keys(obj: object, file: str, key: str, allowed: tuple[str, ...]) -> Mapping
 
 def parse_check(obj: object, file: str, key: str) -> CheckSpec:
     """A check from a mapping: ``{type = "http", port = 8080, uri = "/ping", host = "x",
-    status = 204, tls_verify = false, source = "192.0.2.1"}``; only ``type`` is required (ports
-    default to 80 / 443 / 19523). Problems raise ConfigError(file, "KEY.sub", reason)."""
+    status = 204, tls_verify = false, source = "192.0.2.1", reuse_connection = false}``; only
+    ``type`` is required (ports default to 80 / 443 / 19523). Problems raise
+    ConfigError(file, "KEY.sub", reason)."""
     m = _keys(obj, file, key, _CHECK_KEYS)
     if "type" not in m:
         raise ConfigError(file, f"{key}.type", "missing required key")
@@ -226,10 +232,11 @@ def parse_check(obj: object, file: str, key: str) -> CheckSpec:
         if not isinstance(s, int) or isinstance(s, bool):
             raise ConfigError(file, f"{key}.status", f"expected an integer, got {_kind(s)}")
         kw["status"] = s
-    if "tls_verify" in m:
-        if not isinstance(m["tls_verify"], bool):
-            raise ConfigError(file, f"{key}.tls_verify", f"expected a boolean, got {_kind(m['tls_verify'])}")
-        kw["tls_verify"] = m["tls_verify"]
+    for name in ("tls_verify", "reuse_connection"):
+        if name in m:
+            if not isinstance(m[name], bool):
+                raise ConfigError(file, f"{key}.{name}", f"expected a boolean, got {_kind(m[name])}")
+            kw[name] = m[name]
     if "source" in m:
         try:
             kw["source"] = ipaddress.ip_address(m["source"])
@@ -238,7 +245,7 @@ def parse_check(obj: object, file: str, key: str) -> CheckSpec:
                 file, f"{key}.source", f"{m['source']!r} is not an IPv4 or IPv6 address"
             ) from None
     if kind not in ("http", "https"):
-        for name in ("uri", "host", "status", "tls_verify"):
+        for name in ("uri", "host", "status", "tls_verify", "reuse_connection"):
             if name in m:
                 raise ConfigError(file, f"{key}.{name}", f"only http and https checks take {name}")
     try:

@@ -242,6 +242,9 @@ class HealthChecker:
         if not p.targets:
             p.active = False  # its pending start (or result) finds it inactive and stops
             self._probes.pop((p.address, p.spec, p.timing), None)
+            close = getattr(p.launch, "close", None)  # an http check's kept connection
+            if close is not None:
+                close()
 
     # -- running ---------------------------------------------------------------------------
     # No task per probe: the ticker calls _start at the probe's due grid point (every check
