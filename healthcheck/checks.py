@@ -86,9 +86,9 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache, partial
 from ipaddress import IPv4Address, IPv6Address
+from typing import NamedTuple
 
 from healthcheck.config import CheckSpec
 
@@ -118,6 +118,7 @@ _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 _TCPI_RTT_OFFSET = 68  # struct tcp_info: 8 bytes of u8 fields, then u32 rto ... rcv_ssthresh, rtt
 _TCP_ESTABLISHED, _TCP_SYN_SENT, _TCP_CLOSE_WAIT = 1, 2, 8  # tcpi_state, the first byte
 _U32 = struct.Struct("I")
+_TIMESPEC = struct.Struct("qq")
 _SOCK_STREAM_NONBLOCK = socket.SOCK_STREAM | _SOCK_NONBLOCK
 _ICMP_ECHO_REPLY, _ICMP_ECHO = 0, 8
 _ICMP6_ECHO, _ICMP6_ECHO_REPLY = 128, 129
@@ -139,11 +140,11 @@ _ASYNC_SEND_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
 _EPOLLIN, _EPOLLOUT, _EPOLLONESHOT = select.EPOLLIN, select.EPOLLOUT, select.EPOLLONESHOT
 
 
-@dataclass(frozen=True, slots=True)
-class CheckResult:
+class CheckResult(NamedTuple):
     """The outcome of one check: passed or not, its latency (seconds, see the module's notes;
     on failure the time until the failure was seen), why it failed (one line), and a short
-    detail on success (e.g. ``HTTP 200``)."""
+    detail on success (e.g. ``HTTP 200``). A named tuple: one is made per check, and a frozen
+    dataclass costs several times more to make."""
 
     ok: bool
     latency: float
@@ -289,9 +290,12 @@ class _Run:
             self.done(r)
 
     def ok(self, detail: str, latency: float | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
         if latency is None or latency < 0:
             latency = time.perf_counter() - self.t0
-        self._give(CheckResult(True, latency, None, detail))
+        self.done(CheckResult(True, latency, None, detail))
 
     def fail(self, e: BaseException) -> None:
         self._give(CheckResult(False, time.perf_counter() - self.t0, _error_text(e)))
@@ -662,7 +666,11 @@ class _TcpRun(_Run):
     )  # fmt: skip
 
     def __init__(self, timeout: float, deadline: float, done: Callable[[CheckResult], None], plan: _TcpPlan):
-        _Run.__init__(self, timeout, deadline, done)
+        self.t0 = time.perf_counter()  # _Run's fields, without the call (one run per check)
+        self.timeout = timeout
+        self.deadline = deadline
+        self.done = done
+        self.finished = False
         self.plan = plan
         self.registered = False
         self.rtt: float | None = None
@@ -924,28 +932,9 @@ def _tunnel_failure(kind: str, port: int, err: int) -> _CheckFailed:
     return _CheckFailed(f"ICMP error for the probe: {os.strerror(err)} ({errno.errorcode.get(err, err)})")
 
 
-def _icmp4_of(packet: bytes) -> bytes:
-    """A raw IPv4 socket delivers the IP header too."""
-    return packet[(packet[0] & 0x0F) * 4 :] if packet else b""
-
-
-def _icmp6_of(packet: bytes) -> bytes:
-    return packet
-
-
 def _sum16(data: bytes) -> int:
     """Sum of the big-endian 16-bit words of data (even length), not folded."""
     return sum(struct.unpack(f"!{len(data) // 2}H", data))
-
-
-def _fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def _sum_counter(c: int) -> int:
-    return (c >> 48) + ((c >> 32) & 0xFFFF) + ((c >> 16) & 0xFFFF) + (c & 0xFFFF)
 
 
 _PROBE4 = struct.Struct("!8s4sH4sH8sHHHH12sQ")  # head, IPv4 (id, csum), ICMP (csum, id, seq), token
@@ -982,15 +971,19 @@ class _ProbeTemplate:
 
     def build(self, counter: int) -> bytes:
         seq = counter & 0xFFFF
-        var = seq + _sum_counter(counter)
+        # the counter's 16-bit words added, and the sums folded (twice is enough under 2**32)
+        hi = counter >> 16
+        c = self.icmp_sum + 2 * seq + (hi >> 32) + ((hi >> 16) & 0xFFFF) + (hi & 0xFFFF)
+        c = (c & 0xFFFF) + (c >> 16)
+        icmpc = ~((c & 0xFFFF) + (c >> 16)) & 0xFFFF
         if self.v4:
             w1, w3, addrs = self.fixed
-            ipc = _fold(self.ip_sum + seq)
-            icmpc = _fold(self.icmp_sum + var)
+            c = self.ip_sum + seq
+            c = (c & 0xFFFF) + (c >> 16)
+            ipc = ~((c & 0xFFFF) + (c >> 16)) & 0xFFFF
             return _PROBE4.pack(
                 self.head, w1, seq, w3, ipc, addrs, _ICMP_ECHO << 8, icmpc, self.ident, seq, self.tok, counter
             )
-        icmpc = _fold(self.icmp_sum + var)
         return _PROBE6.pack(
             self.head, self.fixed[0], _ICMP6_ECHO << 8, icmpc, self.ident, seq, self.tok, counter
         )
@@ -1012,6 +1005,7 @@ class _TunnelPlan:
         "src_until",
         "template",
         "detail",
+        "runs",
     )
 
     def __init__(self, prober: _TunnelProber, spec: CheckSpec, address: IPAddress) -> None:
@@ -1025,6 +1019,7 @@ class _TunnelPlan:
         self.src_until = -math.inf
         self.template: _ProbeTemplate | None = None
         self.detail = ""
+        self.runs: list[_TunnelRun] = []  # in flight (one at a time under the scheduler)
 
     def _refresh(self, now: float) -> None:
         prober = self.prober
@@ -1039,28 +1034,25 @@ class _TunnelPlan:
         prober = self.prober
         now = prober.loop.time()
         run = _TunnelRun(timeout, now + timeout, done, self)
-        try:
-            if self.tx is None:
-                prober.rx_socket(self.family)
-                self.tx = prober.tx_socket(self.family, self.spec.source)
-            if now >= self.src_until:
+        if now >= self.src_until:  # the first probe, then once a minute
+            try:
+                if self.tx is None:
+                    prober.rx_socket(self.family)
+                    self.tx = prober.tx_socket(self.family, self.spec.source)
+                    prober.by_dest.setdefault(self.dest, []).append(self)
                 self._refresh(now)
-        except PermissionError as e:
-            run.fail(_CheckFailed(f"raw ICMP socket needs root or CAP_NET_RAW ({e.strerror})"))
-            return
-        except (OSError, ValueError) as e:
-            run.fail(e)
-            return
-        assert self.template is not None
-        prober.counter += 1
-        run.counter = c = prober.counter
+            except PermissionError as e:
+                run.fail(_CheckFailed(f"raw ICMP socket needs root or CAP_NET_RAW ({e.strerror})"))
+                return
+            except (OSError, ValueError) as e:
+                run.fail(e)
+                return
+        assert self.template is not None and self.tx is not None
+        prober.counter = c = prober.counter + 1
+        run.counter = c
         payload = self.template.build(c)
         prober.pending[c] = run
-        lst = prober.by_dest.get(self.dest)
-        if lst is None:
-            prober.by_dest[self.dest] = [run]
-        else:
-            lst.append(run)
+        self.runs.append(run)
         for attempt in (0, 1):
             try:
                 run.sent = time.time()
@@ -1075,6 +1067,14 @@ class _TunnelPlan:
                     return
         prober.poller.add(run)
 
+    def close(self) -> None:
+        """No longer used (by the scheduler): ICMP errors for its destination no longer concern it."""
+        lst = self.prober.by_dest.get(self.dest)
+        if lst is not None and self in lst:
+            lst.remove(self)
+            if not lst:
+                del self.prober.by_dest[self.dest]
+
 
 class _TunnelRun(_Run):
     """One tunnel probe in flight: ended by its echo reply, an ICMP error or its deadline."""
@@ -1084,24 +1084,30 @@ class _TunnelRun(_Run):
     def __init__(
         self, timeout: float, deadline: float, done: Callable[[CheckResult], None], plan: _TunnelPlan
     ) -> None:
-        _Run.__init__(self, timeout, deadline, done)
+        self.t0 = time.perf_counter()  # _Run's fields, without the call (one run per check)
+        self.timeout = timeout
+        self.deadline = deadline
+        self.done = done
+        self.finished = False
         self.plan = plan
         self.counter = 0
         self.sent = 0.0
 
     def end(self) -> None:
-        prober = self.plan.prober
-        prober.pending.pop(self.counter, None)
-        lst = prober.by_dest.get(self.plan.dest)
-        if lst is not None:
-            if self in lst:
-                lst.remove(self)
-            if not lst:
-                del prober.by_dest[self.plan.dest]
+        plan = self.plan
+        plan.prober.pending.pop(self.counter, None)
+        if self in plan.runs:
+            plan.runs.remove(self)
 
     def answered(self, at: float | None) -> None:
-        self.end()
-        self.ok(self.plan.detail, at - self.sent if at is not None else None)
+        """Its echo reply came (at: its arrival, CLOCK_REALTIME); it left ``pending`` already."""
+        plan = self.plan
+        plan.runs.remove(self)
+        self.finished = True
+        latency = at - self.sent if at is not None else -1.0
+        if latency < 0:
+            latency = time.perf_counter() - self.t0
+        self.done(CheckResult(True, latency, None, plan.detail))
 
     def error(self, err: int) -> None:
         self.end()
@@ -1126,9 +1132,9 @@ class _TunnelProber:
         self.nonce = os.urandom(4)
         self.token_head = _TOKEN_MAGIC + self.nonce
         self.counter = 0
-        # counter -> run; (address text, port) -> runs, for ICMP errors
+        # counter -> run in flight; (address text, port) -> plans, for ICMP errors
         self.pending: dict[int, _TunnelRun] = {}
-        self.by_dest: dict[tuple[str, int], list[_TunnelRun]] = {}
+        self.by_dest: dict[tuple[str, int], list[_TunnelPlan]] = {}
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -1139,13 +1145,11 @@ class _TunnelProber:
             s = socket.socket(socket.AF_INET, socket.SOCK_RAW | _SOCK_NONBLOCK, socket.IPPROTO_ICMP)
             # ICMP_FILTER: a set bit blocks that type; let only echo replies through
             s.setsockopt(_SOL_RAW, _ICMP_FILTER, struct.pack("I", ~(1 << _ICMP_ECHO_REPLY) & 0xFFFFFFFF))
-            parse: Callable[[bytes], bytes] = _icmp4_of
         else:
             s = socket.socket(socket.AF_INET6, socket.SOCK_RAW | _SOCK_NONBLOCK, socket.IPPROTO_ICMPV6)
             words = [0xFFFFFFFF] * 8  # ICMP6_FILTER: a set bit blocks that type
             words[_ICMP6_ECHO_REPLY >> 5] &= ~(1 << (_ICMP6_ECHO_REPLY & 31)) & 0xFFFFFFFF
             s.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER, struct.pack("8I", *words))
-            parse = _icmp6_of
         s.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         # answers wait for the next tick (longer when the loop is busy): room for thousands
         for opt in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):  # FORCE: over rmem_max, with CAP_NET_ADMIN
@@ -1154,7 +1158,7 @@ class _TunnelProber:
                 break
             except OSError:
                 pass
-        self.poller.watch(s.fileno(), lambda: self._on_answer(s, parse))
+        self.poller.watch(s.fileno(), partial(self._on_answer, s, family == socket.AF_INET))
         self.rx[family] = s
 
     def tx_socket(self, family: int, source: IPAddress | None) -> socket.socket:
@@ -1190,22 +1194,34 @@ class _TunnelProber:
 
     # -- answers and errors (called by the poller) -----------------------------------------
 
-    def _on_answer(self, s: socket.socket, parse: Callable[[bytes], bytes]) -> None:
+    def _on_answer(self, s: socket.socket, v4: bool) -> None:
+        """Drains the raw socket: every echo reply that is there, one recvmsg each."""
         ident, head, pending = self.ident_bytes, self.token_head, self.pending
+        recvmsg = s.recvmsg
         while True:
             try:
-                data, anc, _, addr = s.recvmsg(2048, _CMSG_TS)
+                data, anc, _, addr = recvmsg(2048, _CMSG_TS)
             except OSError:  # BlockingIOError: drained
                 return
-            icmp = parse(data)
-            if len(icmp) != 28 or icmp[4:6] != ident or icmp[8:20] != head:  # 8 + token (20)
-                continue  # not ours
-            run = pending.get(int.from_bytes(icmp[20:28], "big"))
-            if run is None or run.finished:
-                continue  # a duplicate, or too late
-            if addr[0].split("%", 1)[0] != run.plan.host:
+            off = (data[0] & 0x0F) * 4 if v4 else 0  # a raw IPv4 socket gives the IP header too
+            # ours: 8 bytes of ICMP header (our identifier) + token (20 bytes)
+            if len(data) - off != 28 or data[off + 8 : off + 20] != head or data[off + 4 : off + 6] != ident:
                 continue
-            run.answered(_timestamp(anc))
+            c = int.from_bytes(data[off + 20 : off + 28], "big")
+            run = pending.get(c)
+            if run is None:
+                continue  # a duplicate, or too late
+            host = run.plan.host
+            if addr[0] != host and addr[0].split("%", 1)[0] != host:
+                continue
+            del pending[c]
+            at = None
+            if anc:  # SO_TIMESTAMPNS is the only ancillary data this socket gets
+                typ, ts = anc[0][1], anc[0][2]
+                if typ == _SO_TIMESTAMPNS and len(ts) >= 16:
+                    sec, nsec = _TIMESPEC.unpack_from(ts)
+                    at = sec + nsec * 1e-9
+            run.answered(at)
 
     def _on_error(self, s: socket.socket) -> None:
         while True:
@@ -1219,8 +1235,9 @@ class _TunnelProber:
                     (err,) = struct.unpack_from("=I", data)
             if not err or not addr:
                 continue
-            for run in tuple(self.by_dest.get((addr[0].split("%", 1)[0], addr[1]), ())):
-                run.error(err)
+            for plan in tuple(self.by_dest.get((addr[0].split("%", 1)[0], addr[1]), ())):
+                for run in tuple(plan.runs):
+                    run.error(err)
 
     def close(self) -> None:
         for s in (*self.rx.values(), *self.tx.values()):

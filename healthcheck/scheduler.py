@@ -187,6 +187,9 @@ class HealthChecker:
         self._probes: dict[ProbeKey, ProbeState] = {}
         self._queues: list[asyncio.Queue[Verdict | None]] = []
         self._stopped = False
+        self._random = self._rng.random
+        self._loop_time: Callable[[], float] = time.monotonic  # the loop's, from set_targets on
+        self._at: Callable[[float, Callable[[], None]], None] = lambda when, cb: None
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -195,6 +198,8 @@ class HealthChecker:
         if self._stopped:
             raise RuntimeError("HealthChecker is stopped")
         loop = asyncio.get_running_loop()
+        ticker = self.checker.ticker  # bound once: every start and result uses both
+        self._loop_time, self._at = ticker.loop.time, ticker.at
         new: dict[Hashable, Target] = {}
         for t in targets:
             if t.key in new:
@@ -255,7 +260,7 @@ class HealthChecker:
         if not p.active or self._stopped:
             return
         p.running = True
-        p.due = self.checker.ticker.loop.time()
+        p.due = self._loop_time()
         try:
             p.launch(p.timing.timeout, p.on_done)  # type: ignore[misc]
         except Exception as e:  # a bug in a check must not stop the others
@@ -270,8 +275,8 @@ class HealthChecker:
             return
         self._record(p, result)
         t = p.timing
-        p.due += t.interval * self._rng.uniform(1 - t.jitter, 1 + t.jitter)
-        self.checker.ticker.at(p.due, p.on_start)  # type: ignore[arg-type]
+        p.due += t.interval * (1 - t.jitter + 2 * t.jitter * self._random())  # uniform(1 ± jitter)
+        self._at(p.due, p.on_start)  # type: ignore[arg-type]
 
     def _record(self, p: ProbeState, r: CheckResult) -> None:
         p.stats.add(r)
