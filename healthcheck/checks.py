@@ -84,6 +84,7 @@ import socket
 import ssl
 import struct
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from functools import lru_cache, partial
@@ -127,7 +128,6 @@ _MAX_STATUS_LINE = 8192
 _MAX_HEAD = 16384  # the head of a response read to keep its connection (status line + fields)
 _MAX_BODY = 65536  # a longer body is not drained: the connection is closed instead
 _REUSE_MAX_AGE = 30.0  # seconds a kept connection serves checks (a new one proves accept works)
-_MSG_PEEK = socket.MSG_PEEK
 _STATUS_LINE = re.compile(rb"HTTP/[0-9.]+[ \t]+([0-9]+)(?:[ \t][^\n]*)?\n")
 _USUAL_STATUS = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9])[^\r\n]*\r\n")
 _FRAMING_FIELDS = re.compile(rb"\n(content-length|connection|transfer-encoding)[ \t]*:([^\n]*)", re.I)
@@ -335,7 +335,7 @@ class _Poller:
         self.watched: dict[int, Callable[[], None]] = {}
         self.expiring: dict[float, deque[_Run]] = {}
         self.pokes: deque[tuple[int, _Run]] = deque()
-        self.idle: set[_TcpPlan] = set()  # plans holding a kept connection between checks
+        self.keeping: weakref.WeakSet[_TcpPlan] = weakref.WeakSet()  # plans that keep connections
         self.scheduled = False
 
     def add(self, run: _Run) -> None:
@@ -409,7 +409,7 @@ class _Poller:
             self.ticker.next(self._on_tick)
 
     def close(self) -> None:
-        for plan in tuple(self.idle):
+        for plan in tuple(self.keeping):
             plan.close()
         self.expiring.clear()
         self.pokes.clear()
@@ -515,7 +515,7 @@ def _response(buf: bytes, frame: bool) -> tuple[int, int | None] | None:
     are skipped. Raises _CheckFailed for an answer that is not HTTP."""
     if frame:  # the usual answer first: HTTP/1.1, CRLFs, a Content-Length, maybe keep-alive
         m = _USUAL_STATUS.match(buf)
-        if m is not None:
+        if m is not None and m[1] != b"204" and m[1] != b"304":  # those two have no body
             head = buf.find(b"\r\n\r\n", m.end() - 2)
             if head >= 0:
                 end, n = head + 4, -1
@@ -581,19 +581,6 @@ def _response_general(buf: bytes, frame: bool) -> tuple[int, int | None] | None:
     return status, (n if len(buf) >= n else None)
 
 
-def _idle_clean(sock: _socket.socket) -> bool:
-    """An idle kept connection has nothing to read: no end of stream, no reset, and no bytes
-    the server sent on its own (e.g. a 408 before it closes), which would be taken for the
-    answer to the next request."""
-    try:
-        sock.recv(1, _MSG_PEEK)
-    except (BlockingIOError, InterruptedError):
-        return True
-    except OSError:
-        return False
-    return False
-
-
 class _TcpPlan:
     """What every check of one tcp/http spec of one address shares: the address tuple to
     connect to, the request bytes, the texts, and for http the kept connection between checks
@@ -601,7 +588,7 @@ class _TcpPlan:
 
     __slots__ = (
         "poller", "spec", "family", "dest", "bind", "http", "request", "status", "reuse",
-        "conn", "conn_registered", "conn_born", "closed",
+        "conn", "conn_registered", "conn_born", "closed", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, poller: _Poller, spec: CheckSpec, address: IPAddress) -> None:
@@ -618,6 +605,8 @@ class _TcpPlan:
         self.conn_registered = False  # it is in the poller's epoll set (one-shot, disarmed)
         self.conn_born = 0.0  # loop time it was opened
         self.closed = False
+        if self.reuse:
+            poller.keeping.add(self)  # Checker.close closes what is kept
 
     def __call__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
         poller = self.poller
@@ -626,8 +615,7 @@ class _TcpPlan:
         conn = self.conn
         if conn is not None:
             self.conn = None
-            poller.idle.discard(self)
-            if now - self.conn_born < _REUSE_MAX_AGE and _idle_clean(conn):
+            if now - self.conn_born < _REUSE_MAX_AGE:
                 run.sock, run.fd, run.born = conn, conn.fileno(), self.conn_born
                 run.registered = self.conn_registered
                 run.kept = run.reused = True
@@ -646,7 +634,6 @@ class _TcpPlan:
             _reset_close(run.sock)
             return
         self.conn, self.conn_registered, self.conn_born = run.sock, run.registered, run.born
-        self.poller.idle.add(self)
 
     def close(self) -> None:
         """Close the kept connection; checks still running close theirs when they end."""
@@ -654,7 +641,6 @@ class _TcpPlan:
         if self.conn is not None:
             _reset_close(self.conn)
             self.conn = None
-        self.poller.idle.discard(self)
 
 
 class _TcpRun(_Run):
@@ -811,9 +797,18 @@ class _TcpRun(_Run):
                 else:
                     self.fail(_CheckFailed("connection closed before an HTTP status line"))
                 return
-            self.reused = False
             if self.first is None:
-                self.first = _timestamp(anc)
+                if anc:  # SO_TIMESTAMPNS is the only ancillary data of these sockets
+                    typ, ts = anc[0][1], anc[0][2]
+                    if typ == _SO_TIMESTAMPNS and len(ts) >= 16:
+                        sec, nsec = _TIMESPEC.unpack_from(ts)
+                        self.first = sec + nsec * 1e-9
+                if self.reused and self.first is not None and self.first < self.sent:
+                    # bytes the server sent on its own while the connection was idle (a 408
+                    # before it closes, say): not the answer, and the connection is not clean
+                    self._reconnect()
+                    return
+            self.reused = False
             self.buf += chunk
             try:
                 r = _response(self.buf, self.plan.reuse)

@@ -373,3 +373,84 @@ def test_gue_with_userspace_decapsulator_passes():
     assert r.detail.startswith("echo reply from 127.0.0.4")
     assert 0 < r.latency < 0.5
     assert len(seen) == 1 and seen[0][:8] == bytes([1, 4, 0, 0, 0, 0, 0, 0])
+
+
+# ----------------------------------------------------------------------------- HTTP framing
+
+
+def test_response_framing():
+    """_response: where one response ends on a kept connection (end), None while more is to
+    come, -1 when the connection cannot carry another request; the status as _status_of reads it."""
+    from healthcheck.checks import _MAX_BODY, _response
+
+    ok = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n"
+    assert _response(ok, True) == (200, len(ok))
+    assert _response(ok, False) == (200, -1)  # reuse off: the status line is all that is read
+    for cut in (5, 20, len(ok) - 4, len(ok) - 1):  # split anywhere: status, then the end later
+        r = _response(ok[:cut], True)
+        assert r is None or r == (200, None), (cut, r)
+    assert _response(ok + b"HTTP/1.1 200", True) == (200, len(ok))  # bytes after it: caller closes
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nabcd\r\n0\r\nT: 1\r\n\r\n"
+    assert _response(chunked, True) == (200, len(chunked))
+    assert _response(chunked[:-2], True) == (200, None)
+    assert _response(b"HTTP/1.1 204 No Content\r\n\r\n", True) == (204, 27)
+    not_modified = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"  # no body all the same
+    assert _response(not_modified, True) == (304, len(not_modified))
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    interim += b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    assert _response(interim, True) == (404, len(interim))
+    assert _response(b"HTTP/1.1 103 Early Hints\r\n\r\n", True) is None  # the final status is to come
+    lf_only = b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx"
+    assert _response(lf_only, True) == (200, len(lf_only))
+    for head in (
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nconnection: Keep-Alive, CLOSE\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",  # 1.0 without keep-alive
+        b"HTTP/1.1 200 OK\r\n\r\nuntil the close",  # no length
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",  # unclear
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a chunk size
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (_MAX_BODY + 1),  # too long to drain
+    ):
+        assert _response(head, True) == (200, -1), head
+    keep10 = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
+    assert _response(keep10, True) == (200, len(keep10))
+    with pytest.raises(Exception, match="not an HTTP status line"):
+        _response(b"SSH-2.0-OpenSSH_9.2\r\n", True)
+
+
+def test_http_kept_connection_loopback():
+    """Checker.run keeps the connection between checks of one spec (one accept for 5 checks);
+    reuse_connection=False: one accept per check; the request says Connection: close then."""
+
+    async def go():
+        accepts, requests = [], []
+
+        async def handler(r, w):
+            accepts.append(1)
+            while True:
+                try:
+                    head = await r.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                requests.append(head)
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await w.drain()
+            w.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        c = Checker()
+        kept = [await c.run(CheckSpec("http", port), LO, 1.0) for _ in range(5)]
+        n_kept = len(accepts)
+        fresh = [await c.run(CheckSpec("http", port, reuse_connection=False), LO, 1.0) for _ in range(3)]
+        c.close()
+        server.close()
+        return kept, n_kept, fresh, len(accepts) - n_kept, requests
+
+    kept, n_kept, fresh, n_fresh, requests = run(go())
+    assert all(r.ok for r in kept + fresh), kept + fresh
+    assert n_kept == 1 and n_fresh == 3
+    assert not any(b"Connection: close" in h for h in requests[:5])
+    assert all(b"\r\nConnection: close\r\n" in h for h in requests[5:])

@@ -74,3 +74,19 @@ def test_targets_from_glb_example(tmp_path):
     for t in targets:
         assert all(s.source == src for s in t.checks if s.is_tunnel)
         assert all(s.source is None for s in t.checks if not s.is_tunnel)
+
+
+def test_parse_check_reuse_connection():
+    assert parse_check({"type": "http"}, "f", "k").reuse_connection is True
+    assert parse_check({"type": "http", "reuse_connection": False}, "f", "k") == CheckSpec(
+        "http", 80, reuse_connection=False
+    )
+    assert parse_check({"type": "https", "reuse_connection": False}, "f", "k").reuse_connection is False
+    for obj, err in (
+        ({"type": "http", "reuse_connection": 1}, "f: k.reuse_connection: expected a boolean, got integer 1"),
+        ({"type": "tcp", "port": 1, "reuse_connection": True}, "f: k.reuse_connection: only http and https"),
+        ({"type": "gue", "reuse_connection": False}, "f: k.reuse_connection: only http and https"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            parse_check(obj, "f", "k")
+        assert str(e.value).startswith(err), str(e.value)
