@@ -138,6 +138,7 @@ _RAW_RCVBUF = 4 << 20
 _SOURCE_TTL = 60.0  # seconds a cached route source address is trusted
 _ASYNC_SEND_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
 _EPOLLIN, _EPOLLOUT, _EPOLLONESHOT = select.EPOLLIN, select.EPOLLOUT, select.EPOLLONESHOT
+_EPOLLRDHUP = select.EPOLLRDHUP
 
 
 class CheckResult(NamedTuple):
@@ -336,6 +337,8 @@ class _Poller:
         self.expiring: dict[float, deque[_Run]] = {}
         self.pokes: deque[tuple[int, _Run]] = deque()
         self.keeping: weakref.WeakSet[_TcpPlan] = weakref.WeakSet()  # plans that keep connections
+        self.idle: dict[int, _TcpPlan] = {}  # fd of a kept connection between checks -> its plan
+        self.harvested = -1  # the tick of the last harvest
         self.scheduled = False
 
     def add(self, run: _Run) -> None:
@@ -374,14 +377,10 @@ class _Poller:
             except OSError:
                 pass
 
-    def _on_tick(self) -> None:
-        self.scheduled = False
-        pokes, now_k = self.pokes, self.ticker.current
-        while pokes and pokes[0][0] < now_k:
-            run = pokes.popleft()[1]
-            if not run.finished:
-                run.poke()
-        waiting, watched = self.waiting, self.watched
+    def harvest(self) -> None:
+        """Everything the epoll set has ready: runs waiting, shared sockets, kept connections."""
+        self.harvested = self.ticker.current
+        waiting, watched, idle = self.waiting, self.watched, self.idle
         while True:
             ready = self.ep.poll(0, 1024)
             for fd, _ in ready:
@@ -390,11 +389,24 @@ class _Poller:
                     if not run.finished:
                         run.ready()
                     continue
+                plan = idle.get(fd)
+                if plan is not None:
+                    plan.idle_event()
+                    continue
                 cb = watched.get(fd)
                 if cb is not None:
                     cb()
             if len(ready) < 1024:
                 break
+
+    def _on_tick(self) -> None:
+        self.scheduled = False
+        pokes, now_k = self.pokes, self.ticker.current
+        while pokes and pokes[0][0] < now_k:
+            run = pokes.popleft()[1]
+            if not run.finished:
+                run.poke()
+        self.harvest()
         now = self.loop.time()
         busy = bool(pokes)
         for q in self.expiring.values():
@@ -588,7 +600,7 @@ class _TcpPlan:
 
     __slots__ = (
         "poller", "spec", "family", "dest", "bind", "http", "request", "status", "reuse",
-        "conn", "conn_registered", "conn_born", "closed", "__weakref__",
+        "conn", "conn_fd", "conn_born", "closed", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, poller: _Poller, spec: CheckSpec, address: IPAddress) -> None:
@@ -602,7 +614,7 @@ class _TcpPlan:
         self.status = spec.status
         self.reuse = self.http and spec.reuse_connection
         self.conn: _socket.socket | None = None  # the kept connection while no check uses it
-        self.conn_registered = False  # it is in the poller's epoll set (one-shot, disarmed)
+        self.conn_fd = -1
         self.conn_born = 0.0  # loop time it was opened
         self.closed = False
         if self.reuse:
@@ -612,13 +624,15 @@ class _TcpPlan:
         poller = self.poller
         now = poller.loop.time()
         run = _TcpRun(timeout, now + timeout, done, self)
+        if self.conn is not None and poller.harvested != poller.ticker.current:
+            poller.harvest()  # news from the idle connection first (once per tick for all checks)
         conn = self.conn
         if conn is not None:
             self.conn = None
+            del poller.idle[self.conn_fd]
             if now - self.conn_born < _REUSE_MAX_AGE:
-                run.sock, run.fd, run.born = conn, conn.fileno(), self.conn_born
-                run.registered = self.conn_registered
-                run.kept = run.reused = True
+                run.sock, run.fd, run.born = conn, self.conn_fd, self.conn_born
+                run.registered = run.level = run.kept = run.reused = True
                 poller.add(run)
                 run.send()
                 return
@@ -628,19 +642,39 @@ class _TcpPlan:
             poller.add(run)
 
     def park(self, run: _TcpRun) -> None:
-        """Keep run's connection for the next check (or close it if one is kept already)."""
-        self.poller.forget(run.fd, run)
+        """Keep run's connection for the next check (or close it if one is kept already).
+
+        While idle it is in the epoll set for input and hang-up (level-triggered, registered
+        once per connection): anything it reports then — the server's close, a reset, bytes
+        the server sent on its own — ends the connection at the next harvest, before a check
+        could send on it or take those bytes for its answer."""
+        poller = self.poller
+        poller.forget(run.fd, run)
         if self.conn is not None or self.closed:
             _reset_close(run.sock)
             return
-        self.conn, self.conn_registered, self.conn_born = run.sock, run.registered, run.born
+        try:
+            if not run.registered:
+                poller.ep.register(run.fd, _EPOLLIN | _EPOLLRDHUP)
+            elif not run.level:
+                poller.ep.modify(run.fd, _EPOLLIN | _EPOLLRDHUP)
+        except OSError:
+            _reset_close(run.sock)
+            return
+        self.conn, self.conn_fd, self.conn_born = run.sock, run.fd, run.born
+        poller.idle[run.fd] = self
+
+    def idle_event(self) -> None:
+        """The idle kept connection has news (module notes of park): not to be used again."""
+        if self.conn is not None:
+            del self.poller.idle[self.conn_fd]
+            _reset_close(self.conn)
+            self.conn = None
 
     def close(self) -> None:
         """Close the kept connection; checks still running close theirs when they end."""
         self.closed = True
-        if self.conn is not None:
-            _reset_close(self.conn)
-            self.conn = None
+        self.idle_event()
 
 
 class _TcpRun(_Run):
@@ -648,7 +682,8 @@ class _TcpRun(_Run):
     and read the answer (on a kept connection: send at once, and read the whole response)."""
 
     __slots__ = (
-        "plan", "sock", "fd", "registered", "rtt", "sent", "buf", "first", "kept", "reused", "born", "status",
+        "plan", "sock", "fd", "registered", "level", "rtt", "sent", "buf", "first", "kept", "reused", "born",
+        "status",
     )  # fmt: skip
 
     def __init__(self, timeout: float, deadline: float, done: Callable[[CheckResult], None], plan: _TcpPlan):
@@ -658,7 +693,8 @@ class _TcpRun(_Run):
         self.done = done
         self.finished = False
         self.plan = plan
-        self.registered = False
+        self.registered = False  # fd in the epoll set
+        self.level = False  # with the idle registration (park), not a one-shot one
         self.rtt: float | None = None
         self.sent = 0.0  # 0 while connecting; time.time() the request left once sent
         self.buf = b""
@@ -677,7 +713,7 @@ class _TcpRun(_Run):
             self.fail(e)
             return
         self.fd = sock.fileno()
-        self.registered = False
+        self.registered = self.level = False
         self.born = plan.poller.loop.time()
         try:
             if plan.bind is not None:
@@ -722,6 +758,7 @@ class _TcpRun(_Run):
     def _wait(self, events: int) -> None:
         self.plan.poller.wait(self, self.fd, events, self.registered)
         self.registered = True
+        self.level = False
 
     def _connecting(self) -> None:
         try:

@@ -111,6 +111,12 @@ def serve(c, n):
             # says Connection: close but keeps the connection: a checker that sent a second
             # request on it would show up here as served > 0
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        elif mode == "stale-408":
+            # answers, then, idle, sends a 408 on its own and keeps the connection (and would
+            # answer a request on it again): the 408 must not be taken for the next answer
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            time.sleep(0.1)
+            c.sendall(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
         elif mode == "close-on-second":
             # answers the first request of a connection; on the second it closes without answer
             # (a server that closed its idle connection just as the request came)
@@ -485,3 +491,15 @@ def test_closed_as_request_arrives_one_reconnect(pair):
     assert len([e for e in reqs if e["served"] == 1]) >= 3, ev
     assert all(e["served"] <= 1 for e in reqs), ev
     assert len(conns) <= len([e for e in reqs if e["served"] == 0]) + 1, ev
+
+
+def test_bytes_sent_while_idle_are_not_the_answer(pair):
+    """The server sends a 408 on the idle kept connection (and keeps it open): the next check
+    sees bytes that arrived before its request, drops that connection and passes on a new one."""
+    chk, be, _ = pair
+    server = PyServer(be, "stale-408")
+    rs = run_checks(chk, [{"port": PY_PORT}], 4, interval=0.5, timeout=0.4)
+    ev = server.events()
+    assert all(r["ok"] for r in rs), rs
+    conns = [e for e in ev if "req" not in e and "conn" in e]
+    assert len(conns) >= 4, ev  # a new connection for every check after the first
