@@ -8,8 +8,31 @@ checks share (the sockets that receive tunnel-probe answers, TLS contexts) and r
 
 * ``tcp``   — the connection is established (then reset: no TIME_WAIT on the checker).
 * ``http``  — GET ``uri`` with ``Host``; passes when the status line carries the expected
-  status (the body is not read). ``https`` is the same over TLS, optionally without verification.
+  status. By default on a kept connection (below). ``https`` is the same over TLS, optionally
+  without verification, on a new connection per check.
 * ``gue``   — the GUE tunnel probe (below); ``fou`` is GLB's legacy GRE-in-UDP variant of it.
+
+Kept HTTP connections
+---------------------
+With ``reuse_connection`` (the default; Envoy's HTTP health checker and Go's http.Client, which
+glb-healthcheck uses, do the same) an http check keeps one HTTP/1.1 connection per backend
+and sends each check's GET on it: two system calls per check (send, and one read at the next
+tick) instead of a handshake and a teardown. So that the next answer is never mixed up with
+this one, a check reads exactly one response and frames it (RFC 9112 §6.3): status line and
+fields, then a ``Content-Length`` body or a chunked one (extensions and trailers allowed), 204
+and 304 without a body, interim 1xx skipped; heads up to 16 KiB, bodies up to 64 KiB are read.
+The status alone decides, as on a new connection (a status line that came in time decides even
+if the rest of the response did not); the rest only decides whether the connection can be kept. It is closed — and the next check opens a new one — after a failed check, a
+timeout, ``Connection: close`` (or HTTP/1.0 without keep-alive), a body ended by the close,
+bytes after the response, anything longer than those limits or not clearly framed, and when it
+is 30 s old (a new connection then proves again that the server accepts them). Between checks
+it waits in the epoll set for input and hang-up: the server's close, a reset, or bytes it sends
+on its own (a 408 before it closes) end it before a check could send on it or read those bytes
+as its answer; bytes that arrived before the request was sent (their kernel timestamp says so)
+are not taken for the answer either. If the kept connection turns out dead when the check uses
+it (send fails, or end of stream / reset before any byte of the answer), the check opens one
+new connection and sends again; only that outcome counts. The latency of a check on a kept
+connection is request to first byte of the answer (no handshake).
 
 GUE tunnel probe
 ----------------
@@ -56,7 +79,8 @@ that started, completed or timed out in that tick. TCP and HTTP use plain non-bl
 (no Protocol/transport objects), tunnel probes share their sockets. Each step is first tried
 directly at the next tick — on a LAN the handshake or the answer is there by then — and only a
 socket that is not ready yet is registered with the epoll set: a TCP check is socket, connect,
-one ``TCP_INFO`` read (state and RTT), the reset and close. Whatever the checks of one spec and
+one ``TCP_INFO`` read (state and RTT), the reset and close; an http check on its kept connection
+is one send and one read. Whatever the checks of one spec and
 address share (address tuple, request bytes, the tunnel probe's bytes with their checksums
 precomputed, so a probe only patches its sequence number and token) is made once per probe
 (:meth:`Checker.prepare`); deadlines sit in one FIFO per timeout value. A check's wall time is thus
