@@ -22,10 +22,11 @@ this one, a check reads exactly one response and frames it (RFC 9112 §6.3): sta
 fields, then a ``Content-Length`` body or a chunked one (extensions and trailers allowed), 204
 and 304 without a body, interim 1xx skipped; heads up to 16 KiB, bodies up to 64 KiB are read.
 The status alone decides, as on a new connection (a status line that came in time decides even
-if the rest of the response did not); the rest only decides whether the connection can be kept. It is closed — and the next check opens a new one — after a failed check, a
-timeout, ``Connection: close`` (or HTTP/1.0 without keep-alive), a body ended by the close,
-bytes after the response, anything longer than those limits or not clearly framed, and when it
-is 30 s old (a new connection then proves again that the server accepts them). Between checks
+if the rest of the response did not); the rest only decides whether the connection can be kept.
+It is closed — and the next check opens a new one — after a failed check, a timeout,
+``Connection: close`` (or HTTP/1.0 without keep-alive), a body ended by the close, bytes after
+the response, anything longer than those limits or not clearly framed, and when it is 30 s old
+(a new connection then proves again that the server accepts them). Between checks
 it waits in the epoll set for input and hang-up: the server's close, a reset, or bytes it sends
 on its own (a 408 before it closes) end it before a check could send on it or read those bytes
 as its answer; bytes that arrived before the request was sent (their kernel timestamp says so)
