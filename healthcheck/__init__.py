@@ -1,6 +1,6 @@
 """fwd's health checker: its own package, with no dependency on the data plane.
 
-Checks (TCP connect, HTTP/HTTPS GET, the GUE tunnel probe through fwd-redirect) run on one
+Checks (TCP half-open or connect, HTTP/HTTPS GET, the GUE tunnel probe through fwd-redirect) run on one
 event loop (uvloop in the daemon) with no thread and no task per check; :class:`HealthChecker`
 schedules them per target with interval, timeout, rise, fall and jitter, and reports verdict
 changes::
@@ -16,6 +16,7 @@ from healthcheck.config import (
     CHECK_KINDS,
     DEFAULT_TIMING,
     GUE_PORT,
+    TCP_MODES,
     CheckSpec,
     Target,
     Timing,
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_TIMING",
     "GUE_PORT",
     "LATENCY_BUCKETS",
+    "TCP_MODES",
     "CheckResult",
     "CheckSpec",
     "CheckStats",

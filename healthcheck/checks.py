@@ -6,7 +6,9 @@ checks share (the sockets that receive tunnel-probe answers, TLS contexts) and r
 :class:`~healthcheck.config.CheckSpec` against an address with a timeout, returning a
 :class:`CheckResult` (never raising for a failed check).
 
-* ``tcp``   — the connection is established (then reset: no TIME_WAIT on the checker).
+* ``tcp``   — half-open (the default, healthcheck/halfopen.py): a SYN from a raw socket passes
+  on the SYN-ACK, no connection is made; needs CAP_NET_RAW, else (and with ``mode = "connect"``)
+  the connection is established (then reset: no TIME_WAIT on the checker).
 * ``http``  — GET ``uri`` with ``Host``; passes when the status line carries the expected
   status. By default on a kept connection (below). ``https`` is the same over TLS, optionally
   without verification, on a new connection per check.
@@ -114,9 +116,12 @@ from collections import deque
 from collections.abc import Callable
 from functools import lru_cache, partial
 from ipaddress import IPv4Address, IPv6Address
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from healthcheck.config import CheckSpec
+
+if TYPE_CHECKING:
+    from healthcheck.halfopen import SynProber
 
 __all__ = ["DEFAULT_TICK", "CheckResult", "Checker", "Ticker", "build_tunnel_probe"]
 
@@ -1324,6 +1329,7 @@ class Checker:
         self._ticker: Ticker | None = None
         self._poller: _Poller | None = None
         self._tunnel: _TunnelProber | None = None
+        self._syn: SynProber | None = None
         self._tls: dict[bool, ssl.SSLContext] = {}
         self._plans: dict[
             tuple[CheckSpec, IPAddress], Callable[[float, Callable[[CheckResult], None]], None]
@@ -1369,6 +1375,14 @@ class Checker:
         self, spec: CheckSpec, address: IPAddress
     ) -> Callable[[float, Callable[[CheckResult], None]], None]:
         """The starter of checks of spec at address (call from the running loop)."""
+        if spec.kind == "tcp" and spec.mode == "half-open":
+            from healthcheck.halfopen import HalfOpenPlan, SynProber  # it builds on this module
+
+            if self._syn is None:
+                self._syn = SynProber(self.poller)
+            fam = self._syn.family(_target(address)[0])
+            if fam is not None:  # else: no raw socket (logged once), a connect check instead
+                return HalfOpenPlan(self._syn, fam, spec, address)
         if spec.kind == "tcp" or spec.kind == "http":
             return _TcpPlan(self.poller, spec, address)
         if spec.kind == "https":
@@ -1437,6 +1451,9 @@ class Checker:
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None
+        if self._syn is not None:
+            self._syn.close()
+            self._syn = None
         if self._poller is not None:
             self._poller.close()
             self._poller = None

@@ -29,6 +29,7 @@ __all__ = [
     "CHECK_KINDS",
     "DEFAULT_TIMING",
     "GUE_PORT",
+    "TCP_MODES",
     "CheckSpec",
     "Target",
     "Timing",
@@ -42,6 +43,8 @@ IPAddress = IPv4Address | IPv6Address
 
 GUE_PORT = 19523
 CHECK_KINDS = ("tcp", "http", "https", "gue", "fou")
+# how a tcp check probes: a SYN from a raw socket (healthcheck/halfopen.py), or a full connect
+TCP_MODES = ("half-open", "connect")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "gue": GUE_PORT}
 
 
@@ -49,7 +52,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "gue": GUE_PORT}
 class CheckSpec:
     """One check of one backend. Hashable: identical specs of one address are run once.
 
-    kind        ``tcp`` (connect), ``http`` / ``https`` (GET), ``gue`` (tunnel probe, see
+    kind        ``tcp`` (SYN / SYN-ACK, or a connect), ``http`` / ``https`` (GET), ``gue`` (tunnel probe, see
                 healthcheck/checks.py), ``fou`` (GLB's legacy GRE-in-UDP tunnel probe).
     port        TCP port, or the UDP port of the tunnel (19523).
     uri         request target of the GET (``/`` by default, as GLB).
@@ -62,6 +65,9 @@ class CheckSpec:
                 (a new connection after any error, timeout or ``Connection: close``, and at
                 least every 30 s); ``False``: a new connection per check. https: not used yet
                 (every https check is a new TLS connection).
+    mode        tcp only: ``half-open`` (the default: a SYN, passed by a SYN-ACK, no connection
+                is made; needs CAP_NET_RAW, else it runs as ``connect``) or ``connect``.
+                Set to ``half-open`` for tcp when left out, None for other kinds.
     """
 
     kind: str
@@ -72,10 +78,18 @@ class CheckSpec:
     tls_verify: bool = True
     source: IPAddress | None = None
     reuse_connection: bool = True
+    mode: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CHECK_KINDS:
             raise ValueError(f"bad check kind {self.kind!r} (expected one of: {', '.join(CHECK_KINDS)})")
+        if self.kind == "tcp":
+            if self.mode is None:
+                object.__setattr__(self, "mode", TCP_MODES[0])  # equal to a spec that names it
+            elif self.mode not in TCP_MODES:
+                raise ValueError(f"bad tcp mode {self.mode!r} (expected one of: {', '.join(TCP_MODES)})")
+        elif self.mode is not None:
+            raise ValueError(f"only tcp checks take a mode, not {self.kind}")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port {self.port} out of range 1..65535")
         if not 100 <= self.status <= 599:
@@ -101,7 +115,8 @@ class CheckSpec:
             return text
         if self.is_tunnel:
             return f"{self.kind} {a or '-'} udp/{self.port}"
-        return f"tcp {a}:{self.port}" if a else f"tcp :{self.port}"
+        text = f"tcp {a}:{self.port}" if a else f"tcp :{self.port}"
+        return text + " connect" if self.mode == "connect" else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +187,7 @@ def checks_from_glb(healthchecks: Mapping[str, int | str] | None) -> tuple[Check
 # --------------------------------------------------------------------------------------------
 # generic mappings (a TOML section), errors as fwd.config.ConfigError
 
-_CHECK_KEYS = ("type", "port", "uri", "host", "status", "tls_verify", "source", "reuse_connection")
+_CHECK_KEYS = ("type", "port", "uri", "host", "status", "tls_verify", "source", "reuse_connection", "mode")
 _TIMING_KEYS = ("interval", "timeout", "rise", "fall", "jitter")
 
 
@@ -199,8 +214,9 @@ def _keys(obj: object, file: str, key: str, allowed: tuple[str, ...]) -> Mapping
 
 def parse_check(obj: object, file: str, key: str) -> CheckSpec:
     """A check from a mapping: ``{type = "http", port = 8080, uri = "/ping", host = "x",
-    status = 204, tls_verify = false, source = "192.0.2.1", reuse_connection = false}``; only
-    ``type`` is required (ports default to 80 / 443 / 19523). Problems raise
+    status = 204, tls_verify = false, source = "192.0.2.1", reuse_connection = false}``,
+    ``{type = "tcp", port = 22, mode = "connect"}``; only ``type`` is required (ports default to
+    80 / 443 / 19523; a tcp check needs its port). Problems raise
     ConfigError(file, "KEY.sub", reason)."""
     m = _keys(obj, file, key, _CHECK_KEYS)
     if "type" not in m:
@@ -248,6 +264,15 @@ def parse_check(obj: object, file: str, key: str) -> CheckSpec:
         for name in ("uri", "host", "status", "tls_verify", "reuse_connection"):
             if name in m:
                 raise ConfigError(file, f"{key}.{name}", f"only http and https checks take {name}")
+    if "mode" in m:
+        mode = m["mode"]
+        if kind != "tcp":
+            raise ConfigError(file, f"{key}.mode", "only tcp checks take mode")
+        if not isinstance(mode, str) or mode not in TCP_MODES:
+            raise ConfigError(
+                file, f"{key}.mode", f"bad tcp mode {_kind(mode)} (expected one of: {', '.join(TCP_MODES)})"
+            )
+        kw["mode"] = mode
     try:
         return CheckSpec(kind, **kw)
     except ValueError as e:
