@@ -259,17 +259,22 @@ def test_checks_connect_to_the_backend_only():
             lo = ipaddress.ip_address("127.0.0.1")
             r1 = await c.run(CheckSpec("http", port, host=f"127.0.0.2:{port}"), lo, 1.0)
             r2 = await c.run(CheckSpec("http", port, host="127.0.0.2"), lo, 1.0)
-            r3 = await c.run(CheckSpec("tcp", port), lo, 1.0)
+            r3 = await c.run(CheckSpec("tcp", port, mode="connect"), lo, 1.0)
+            r4 = await c.run(CheckSpec("tcp", port), lo, 1.0)  # half-open: a SYN, nothing accepted
+            await asyncio.sleep(0.05)  # an accepted connection's handler has run by now
         finally:
             c.close()
             backend.close()
             other.close()
-        return hits, (r1, r2, r3)
+        return hits, (r1, r2, r3, r4)
 
-    hits, (r1, r2, r3) = uvloop.run(go())
+    hits, (r1, r2, r3, r4) = uvloop.run(go())
     assert not r1.ok and "302" in r1.error and not r2.ok, (r1, r2)
-    assert r3.ok
-    assert hits == {"backend": 3, "other": 0}, hits
+    assert r3.ok and r4.ok, (r3, r4)
+    # r4 connects only where it falls back to connect mode (no CAP_NET_RAW)
+    connects = 3 + (r4.detail == "connected")
+    assert r4.detail == ("SYN-ACK" if os.geteuid() == 0 else "connected"), r4
+    assert hits == {"backend": connects, "other": 0}, hits
 
 
 def test_targets_are_the_configured_ranked_backends():

@@ -154,26 +154,38 @@ def test_https_nginx_self_signed(nginx):
 # ----------------------------------------------------------------------------- asyncio listeners
 
 
-def test_tcp_connect_and_refused():
+def need_raw() -> None:
+    """The half-open tcp check needs CAP_NET_RAW (without it, it would run as a connect check)."""
+    need(None if os.geteuid() == 0 else "needs root (raw sockets)")
+
+
+@pytest.mark.parametrize(("mode", "detail"), [("connect", "connected"), ("half-open", "SYN-ACK")])
+def test_tcp_connect_and_refused(mode, detail):
+    if mode == "half-open":
+        need_raw()
+
     async def go():
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         c = Checker()
-        ok = await c.run(CheckSpec("tcp", port), LO, 1.0)
+        ok = await c.run(CheckSpec("tcp", port, mode=mode), LO, 1.0)
         server.close()
         await server.wait_closed()
-        refused = await c.run(CheckSpec("tcp", port), LO, 1.0)
+        refused = await c.run(CheckSpec("tcp", port, mode=mode), LO, 1.0)
         c.close()
         return ok, refused
 
     ok, refused = run(go())
-    assert ok.ok and ok.detail == "connected" and ok.latency < 0.5
-    assert not refused.ok and refused.error == "connection refused"
+    assert ok.ok and ok.detail == detail and ok.latency < 0.5, ok
+    assert not refused.ok and refused.error == "connection refused", refused
 
 
-def test_timeouts():
+@pytest.mark.parametrize("mode", ["connect", "half-open"])
+def test_timeouts(mode):
     """A server that accepts but never answers: the HTTP check times out; a listener whose
-    accept queue is full (SYNs dropped): the TCP connect times out."""
+    accept queue is full (SYNs dropped): the TCP check times out, connect or half-open."""
+    if mode == "half-open":
+        need_raw()
 
     async def go():
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
@@ -194,7 +206,7 @@ def test_timeouts():
         http = await c.run(CheckSpec("http", port), LO, 0.3)
         t_http = time.monotonic() - t0
         t0 = time.monotonic()
-        tcp = await c.run(CheckSpec("tcp", fport), LO, 0.3)
+        tcp = await c.run(CheckSpec("tcp", fport, mode=mode), LO, 0.3)
         t_tcp = time.monotonic() - t0
         c.close()
         server.close()
