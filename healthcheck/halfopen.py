@@ -8,13 +8,14 @@ work that dominated the tcp check's CPU, docs/daemon.md "Health checker CPU").
 
 How
 ---
-* **Sending.** One raw socket per address family, ``socket(AF_INET[6], SOCK_RAW, IPPROTO_TCP)``,
-  sends every SYN: the kernel writes the IP header, the checker the TCP header (MSS option,
-  checksum over the IPv4 or IPv6 pseudo header; the fixed part of the sum is made once per
-  probe). The source address is chosen as the tunnel probes choose theirs — the address the
-  kernel's route lookup gives for the backend (a connected UDP socket's, cached for a minute), or
-  the check's ``source`` — and set per packet with ``IP_PKTINFO`` / ``IPV6_PKTINFO`` so it is the
-  one the checksum covers.
+* **Sending.** One raw socket per address family, ``socket(AF_INET[6], SOCK_RAW, IPPROTO_TCP)``
+  with ``IP_HDRINCL`` / ``IPV6_HDRINCL``, sends every SYN with one ``sendto``: the IP header is
+  made once per probe (the kernel fills in the IPv4 identification and header checksum), the TCP
+  header per SYN (MSS option, checksum over the IPv4 or IPv6 pseudo header, whose fixed part is
+  summed once per probe). The source address is chosen as the tunnel probes choose theirs — the
+  address the kernel's route lookup gives for the backend (a connected UDP socket's, cached for
+  a minute), or the check's ``source`` — and written into the header, so it is the one the
+  checksum covers.
 * **Source ports.** Each port a SYN leaves from is *reserved*: a real TCP socket bound to it on
   the wildcard address (so every local source address is covered), never listening. No local
   connection can take the port (``connect``'s ephemeral ports skip bound ones), and since no
@@ -70,7 +71,6 @@ from healthcheck.checks import (
     _Run,
     _sum16,
     _target,
-    _timestamp,
     _TunnelProber,
 )
 from healthcheck.config import CheckSpec
@@ -86,12 +86,14 @@ _SYN, _RST, _ACK = 0x02, 0x04, 0x10
 _MSS = {4: 1460, 6: 1440}  # announced in the SYN (nothing is ever sent on the connection)
 _WINDOW = 64240
 _SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
-_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_IP_HDRINCL = getattr(socket, "IP_HDRINCL", 3)
+_IPV6_HDRINCL = 36  # linux/in6.h
+_TS = struct.Struct("qq")  # struct timespec of SO_TIMESTAMPNS
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 _IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 _SYN_SEG = struct.Struct("!HHIIHHHHI")  # ports, seq, ack, offset+flags, window, csum, urg, MSS
+_SYN_PACKET = "!{}sHHIIHHHHI"  # the same behind an IP header of {} bytes
 _ANSWER = struct.Struct("!HHII")  # source port, destination port, seq, ack
 
 # classic BPF (linux/filter.h)
@@ -136,14 +138,20 @@ def _attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
 
 
 class _SynTemplate:
-    """The SYN of one probe: destination port, MSS and window fixed, their checksum sum and the
-    pseudo header's (source, destination, protocol 6, length 24) made once; a SYN only adds its
-    source port and sequence number."""
+    """The SYN of one probe: IP header, destination port, MSS and window fixed, their checksum
+    sum and the pseudo header's (source, destination, protocol 6, length 24) made once; a SYN
+    only adds its source port and sequence number. ``build`` gives the TCP header alone,
+    ``packet`` the IP packet."""
 
-    __slots__ = ("dport", "offset_flags", "mss", "fixed_sum")
+    __slots__ = ("dport", "offset_flags", "mss", "fixed_sum", "ip", "pack")
 
     def __init__(self, src: IPAddress, dst: IPAddress, dport: int) -> None:
         self.dport = dport
+        if dst.version == 4:  # identification and header checksum 0: the kernel fills them in
+            self.ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 44, 0, 0x4000, 64, 6, 0, src.packed, dst.packed)
+        else:
+            self.ip = struct.pack("!IHBB16s16s", 6 << 28, 24, 6, 64, src.packed, dst.packed)
+        self.pack = struct.Struct(_SYN_PACKET.format(len(self.ip))).pack
         self.offset_flags = (6 << 12) | _SYN  # 24-byte header: 20 + the MSS option
         self.mss = (2 << 24) | (4 << 16) | _MSS[dst.version]
         if dst.version == 4:
@@ -157,6 +165,14 @@ class _SynTemplate:
     def build(self, sport: int, isn: int) -> bytes:
         csum = _fold(self.fixed_sum + sport + (isn >> 16) + (isn & 0xFFFF))
         return _SYN_SEG.pack(sport, self.dport, isn, 0, self.offset_flags, _WINDOW, csum, 0, self.mss)
+
+    def packet(self, sport: int, isn: int) -> bytes:
+        s = self.fixed_sum + sport + (isn >> 16) + (isn & 0xFFFF)
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        return self.pack(
+            self.ip, sport, self.dport, isn, 0, self.offset_flags, _WINDOW, ~s & 0xFFFF, 0, self.mss
+        )
 
 
 class _Family:
@@ -182,7 +198,8 @@ class SynProber:
         self.warned = False
         self.rng = random.Random(os.urandom(16))  # the ISN tokens; not guessable from outside
         self.pending: dict[int, _SynRun] = {}  # token (ISN) -> run
-        self.by_dest: dict[tuple[str, int], list[_SynRun]] = {}  # (host, port) -> runs in flight
+        # (host, port) -> bit i set while a run from the i-th reserved port is in flight there
+        self.by_dest: dict[tuple[str, int], int] = {}
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -214,6 +231,10 @@ class SynProber:
         raw = socket.socket(family, socket.SOCK_RAW | _SOCK_NONBLOCK, socket.IPPROTO_TCP)
         try:
             _attach(raw, [(_RET_K, 0, 0, 0)])  # nothing queues until the real filter is on
+            if family == socket.AF_INET:
+                raw.setsockopt(socket.IPPROTO_IP, _IP_HDRINCL, 1)
+            else:
+                raw.setsockopt(socket.IPPROTO_IPV6, _IPV6_HDRINCL, 1)
             raw.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
             if family == socket.AF_INET:
                 raw.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
@@ -272,20 +293,13 @@ class SynProber:
         """Give run a token and a source port no other run in flight to its ip:port uses; the
         token (ISN), or -1 when _MAX_PORTS runs to that ip:port are in flight."""
         dest = run.plan.key
-        lst = self.by_dest.get(dest)
-        if lst is None:
-            lst = self.by_dest[dest] = []
-            slot = 0
-        else:
-            used = {r.slot for r in lst}
-            slot = next(i for i in range(len(lst) + 1) if i not in used)
+        busy = self.by_dest.get(dest, 0)
+        slot = (~busy & (busy + 1)).bit_length() - 1  # the lowest free one
         if slot >= len(fam.ports):
             if slot >= _MAX_PORTS:
-                if not lst:
-                    del self.by_dest[dest]
                 return -1
             self._reserve(fam)
-        lst.append(run)
+        self.by_dest[dest] = busy | (1 << slot)
         run.slot = slot
         run.sport = fam.ports[slot]
         pending, rng = self.pending, self.rng
@@ -299,17 +313,18 @@ class SynProber:
     def end(self, run: _SynRun) -> None:
         if self.pending.get(run.isn) is run:
             del self.pending[run.isn]
-        lst = self.by_dest.get(run.plan.key)
-        if lst is not None:
-            if run in lst:
-                lst.remove(run)
-            if not lst:
-                del self.by_dest[run.plan.key]
+            key = run.plan.key
+            busy = self.by_dest[key] & ~(1 << run.slot)
+            if busy:
+                self.by_dest[key] = busy
+            else:
+                del self.by_dest[key]
 
     # -- answers (called by the poller) --------------------------------------------------------
 
     def _on_answers(self, fam: _Family) -> None:
         raw, pending, v4 = fam.raw, self.pending, fam.family == socket.AF_INET
+        unpack, ts = _ANSWER.unpack_from, _TS.unpack_from
         while True:
             try:
                 data, anc, _, addr = raw.recvmsg(128, _CMSG_TS)
@@ -320,27 +335,33 @@ class SynProber:
             off = (data[0] & 0x0F) * 4 if v4 else 0
             if len(data) < off + 14:
                 continue
-            sport, dport, _, ack = _ANSWER.unpack_from(data, off)
+            sport, dport, _, ack = unpack(data, off)
             run = pending.get((ack - 1) & 0xFFFFFFFF)
             if run is None or run.finished:
                 continue  # not ours, a duplicate, or too late
             plan = run.plan
-            if sport != plan.port or dport != run.sport or addr[0].split("%", 1)[0] != plan.host:
+            if sport != plan.port or dport != run.sport:
                 continue
-            flags = data[off + 13]
-            if flags & _RST:
+            if addr[0] != plan.host and addr[0].split("%", 1)[0] != plan.host:
+                continue
+            if data[off + 13] & _RST:
                 run.refused()
+            elif anc and anc[0][1] == _SO_TIMESTAMPNS:  # the only ancillary data asked for
+                sec, nsec = ts(anc[0][2])
+                run.answered(sec + nsec * 1e-9)
             else:
-                run.answered(_timestamp(anc))
+                run.answered(None)
         self._on_errors(fam)
 
     def _on_errors(self, fam: _Family) -> None:
-        """ICMP errors about our SYNs (IP_RECVERR): the data is the SYN's TCP header."""
+        """ICMP errors about our SYNs (IP_RECVERR): the data is the SYN as sent, IP header first."""
         while True:
             try:
-                data, anc, _, addr = fam.raw.recvmsg(64, 512, _MSG_ERRQUEUE)
+                data, anc, _, addr = fam.raw.recvmsg(128, 512, _MSG_ERRQUEUE)
             except OSError:  # drained
                 return
+            off = (data[0] & 0x0F) * 4 if fam.family == socket.AF_INET and data else 40
+            data = data[off:]
             if len(data) < 8:
                 continue
             err = 0
@@ -356,11 +377,10 @@ class SynProber:
 
 class HalfOpenPlan:
     """What every half-open check of one tcp spec of one address shares: the destination, the
-    route's source address (re-checked every minute), the SYN template and the source address
-    as ancillary data. Made once per probe (``Checker.prepare``)."""
+    route's source address (re-checked every minute) and the SYN template. Made once per probe (``Checker.prepare``)."""
 
     __slots__ = ("prober", "fam", "spec", "address", "host", "port", "key", "dest", "src", "src_until",
-                 "template", "pktinfo")  # fmt: skip
+                 "template")  # fmt: skip
 
     def __init__(self, prober: SynProber, fam: _Family, spec: CheckSpec, address: IPAddress) -> None:
         self.prober = prober
@@ -374,19 +394,12 @@ class HalfOpenPlan:
         self.src: IPAddress | None = None
         self.src_until = -math.inf
         self.template: _SynTemplate | None = None
-        self.pktinfo: list[tuple[int, int, bytes]] = []
 
     def _refresh(self, now: float) -> None:
         src = _TunnelProber.source_for(self.fam.family, self.host, self.spec.source)
         if src != self.src or self.template is None:
             self.src = src
             self.template = _SynTemplate(src, self.address, self.port)
-            if src.version == 4:
-                self.pktinfo = [
-                    (socket.IPPROTO_IP, _IP_PKTINFO, struct.pack("=i4s4s", 0, src.packed, bytes(4)))
-                ]
-            else:
-                self.pktinfo = [(socket.IPPROTO_IPV6, _IPV6_PKTINFO, struct.pack("=16sI", src.packed, 0))]
         self.src_until = now + _SOURCE_TTL
 
     def __call__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
@@ -405,10 +418,10 @@ class HalfOpenPlan:
             run.fail(_CheckFailed(f"{_MAX_PORTS} checks of {self.host} port {self.port} already in flight"))
             return
         assert self.template is not None
-        segment = self.template.build(run.sport, isn)
+        packet = self.template.packet(run.sport, isn)
         try:
             run.sent = time.time()
-            self.fam.raw.sendmsg((segment,), self.pktinfo, 0, self.dest)
+            self.fam.raw.sendto(packet, self.dest)
         except OSError as e:
             prober.end(run)
             run.fail(e)

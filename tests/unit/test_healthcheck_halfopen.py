@@ -107,6 +107,14 @@ def test_syn_bytes_and_checksum(src, dst):
             pseudo = pseudo_header6(s.packed, d.packed, len(seg), 6)
         zeroed = seg[:16] + b"\0\0" + seg[18:]
         assert struct.unpack_from("!H", seg, 16)[0] == inet_checksum(pseudo + zeroed)
+        pkt = t.packet(sport, isn)  # what is sent: the IP header (IP_HDRINCL), then the segment
+        if s.version == 4:  # identification and header checksum left 0 for the kernel
+            assert pkt[:20] == struct.pack(
+                "!BBHHHBBH4s4s", 0x45, 0, 44, 0, 0x4000, 64, 6, 0, s.packed, d.packed
+            )
+        else:
+            assert pkt[:40] == struct.pack("!IHBB16s16s", 6 << 28, 24, 6, 64, s.packed, d.packed)
+        assert pkt[-24:] == seg and len(pkt) == (44 if s.version == 4 else 64)
 
 
 # ----------------------------------------------------------------------------- the filter
