@@ -268,7 +268,7 @@ backends = [
 ]
 """
         cfg = parse_config(text, "t.toml")
-        spec = CheckSpec("tcp", lst.port)
+        spec = CheckSpec("tcp", lst.port, mode="connect")  # counted by the listener's accepts
         targets = targets_from_config(cfg, timing=FAST, checks=lambda t, b: (spec,))
         assert [str(t.address) for t in targets] == ["127.0.0.21", "127.0.0.23"]
         hc = HealthChecker()
