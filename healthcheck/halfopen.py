@@ -377,7 +377,8 @@ class SynProber:
 
 class HalfOpenPlan:
     """What every half-open check of one tcp spec of one address shares: the destination, the
-    route's source address (re-checked every minute) and the SYN template. Made once per probe (``Checker.prepare``)."""
+    route's source address (re-checked every minute) and the SYN template. Made once per probe
+    (``Checker.prepare``)."""
 
     __slots__ = ("prober", "fam", "spec", "address", "host", "port", "key", "dest", "src", "src_until",
                  "template")  # fmt: skip

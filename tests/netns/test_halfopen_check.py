@@ -175,6 +175,7 @@ def test_half_open_results(pair):
     assert len(rs) == 12, rs
     for i, (be_addr, hole, unreach) in enumerate(((BE4, HOLE4, UNREACH4), (BE6, HOLE6, UNREACH6))):
         ok, refused, timeout, unreachable, two_a, two_b = rs[6 * i : 6 * i + 6]
+        assert [r["address"] for r in (ok, timeout, unreachable)] == [be_addr, hole, unreach], rs
         assert ok["ok"] and ok["detail"] == "SYN-ACK" and 0 < ok["latency"] < 1, ok
         assert not refused["ok"] and refused["error"] == "connection refused", refused
         assert not timeout["ok"] and timeout["error"] == "timeout: no answer within 0.3 s", timeout

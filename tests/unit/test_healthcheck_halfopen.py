@@ -48,7 +48,8 @@ def test_tcp_mode_key():
     assert CheckSpec("tcp", 22).describe(a) == "tcp 10.0.0.1:22"
     assert CheckSpec("tcp", 22, mode="connect").describe(a) == "tcp 10.0.0.1:22 connect"
     cases = [
-        ({"type": "tcp", "port": 22, "mode": "syn"}, "f: k.mode: bad tcp mode string 'syn' (expected one of: half-open, connect)"),
+        ({"type": "tcp", "port": 22, "mode": "syn"},
+         "f: k.mode: bad tcp mode string 'syn' (expected one of: half-open, connect)"),
         ({"type": "tcp", "port": 22, "mode": 1}, "f: k.mode: bad tcp mode integer 1"),
         ({"type": "tcp", "port": 22, "mode": True}, "f: k.mode: bad tcp mode boolean true"),
         ({"type": "http", "mode": "connect"}, "f: k.mode: only tcp checks take mode"),
