@@ -438,7 +438,11 @@ class _SynRun(_Run):
     def __init__(
         self, timeout: float, deadline: float, done: Callable[[CheckResult], None], plan: HalfOpenPlan
     ) -> None:
-        _Run.__init__(self, timeout, deadline, done)
+        self.t0 = time.perf_counter()  # _Run's fields, without the call (one run per check)
+        self.timeout = timeout
+        self.deadline = deadline
+        self.done = done
+        self.finished = False
         self.plan = plan
         self.isn = -1
         self.slot = -1
@@ -446,8 +450,13 @@ class _SynRun(_Run):
         self.sent = 0.0
 
     def answered(self, at: float | None) -> None:
+        """Its SYN-ACK came (at: its arrival, CLOCK_REALTIME); the caller saw it unfinished."""
         self.plan.prober.end(self)
-        self.ok("SYN-ACK", at - self.sent if at is not None else None)
+        self.finished = True
+        latency = at - self.sent if at is not None else -1.0
+        if latency < 0:
+            latency = time.perf_counter() - self.t0
+        self.done(CheckResult(True, latency, None, "SYN-ACK"))
 
     def refused(self) -> None:
         self.plan.prober.end(self)
