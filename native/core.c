@@ -15,24 +15,39 @@
 #include "core_priv.h"
 #include "siphash.h"
 
+/*
+ * First bind from `from` (config order) of the given proto whose port range
+ * holds dport (when ports count) and whose prefix holds the destination
+ * words w0, w1; or s->nbinds. Called with a constant family (bind_holds).
+ */
+static inline uint32_t bind_scan(const struct fwd_snapshot *s, uint32_t from, uint8_t family,
+				 uint64_t w0, uint64_t w1, uint8_t proto, int ports, uint16_t dport)
+{
+	uint32_t i, n = s->nbinds;
+
+	for (i = from; i < n; i++) {
+		const struct fwd_snap_bind *b = &s->binds[i];
+
+		if (b->proto != proto)
+			continue;
+		if (ports && (dport < b->port_lo || dport > b->port_hi))
+			continue;
+		if (bind_holds(b, family, w0, w1))
+			break;
+	}
+	return i;
+}
+
 /* First bind (from p->first_vip, in config order) the packet belongs to, or nbinds. */
 static inline uint32_t bind_match(const struct fwd_snapshot *s, const struct pkt *p)
 {
-	uint32_t i = p->first_vip, n = s->nbinds;
+	int ports = p->kind == PKT_PORTS;
 
 	if (p->kind == PKT_ECHO)
-		return i;
-	for (; i < n; i++) {
-		const struct fwd_snap_bind *b = &s->binds[i];
-
-		if (b->proto != p->proto)
-			continue;
-		if (p->kind == PKT_PORTS && (p->dport < b->port_lo || p->dport > b->port_hi))
-			continue;
-		if (bind_holds(b, p->family, p->dst_w))
-			return i;
-	}
-	return n;
+		return p->first_vip;
+	if (p->family == 4)
+		return bind_scan(s, p->first_vip, 4, p->dst_w[0], 0, p->proto, ports, p->dport);
+	return bind_scan(s, p->first_vip, 6, p->dst_w[0], p->dst_w[1], p->proto, ports, p->dport);
 }
 
 /* A port's two big-endian bytes as a little-endian value (SipHash reads words that way). */
@@ -47,9 +62,8 @@ static inline uint64_t port_le(uint16_t port)
  * of in a message buffer: IPv6 addresses are two whole words each, IPv4
  * addresses half a word, and the ports fill the last (partial) word.
  */
-static inline uint64_t flow_hash(const struct fwd_snap_table *t, const struct pkt *p, unsigned fields)
+static inline __attribute__((always_inline)) uint64_t flow_hash_any(struct fwd_sip st, const struct pkt *p, unsigned fields)
 {
-	struct fwd_sip st = {t->sip_init[0], t->sip_init[1], t->sip_init[2], t->sip_init[3]};
 	uint64_t acc = 0;    /* bytes not yet absorbed, little-endian */
 	unsigned n = 0;      /* how many (0..7) */
 	unsigned done = 0;   /* bytes absorbed */
@@ -96,6 +110,26 @@ static inline uint64_t flow_hash(const struct fwd_snap_table *t, const struct pk
 		done += 8;
 	}
 	return fwd_sip_finish(&st, acc, done + n);
+}
+
+/* The same with straight-line code for the usual field sets (source address, plus source port). */
+static inline uint64_t flow_hash(const uint64_t sip[4], const struct pkt *p, unsigned fields)
+{
+	struct fwd_sip st = {sip[0], sip[1], sip[2], sip[3]};
+
+	if (p->family == 4) {
+		if (fields == FWD_HASH_SRC_ADDR)
+			return fwd_sip_finish(&st, fwd_load_le32(p->src), 4);
+		if (fields == (FWD_HASH_SRC_ADDR | FWD_HASH_SRC_PORT))
+			return fwd_sip_finish(&st, fwd_load_le32(p->src) | port_le(p->sport) << 32, 6);
+	} else if (fields == FWD_HASH_SRC_ADDR || fields == (FWD_HASH_SRC_ADDR | FWD_HASH_SRC_PORT)) {
+		fwd_sip_absorb(&st, fwd_load_le64(p->src));
+		fwd_sip_absorb(&st, fwd_load_le64(p->src + 8));
+		if (fields == FWD_HASH_SRC_ADDR)
+			return fwd_sip_finish(&st, 0, 16);
+		return fwd_sip_finish(&st, port_le(p->sport), 18);
+	}
+	return flow_hash_any(st, p, fields);
 }
 
 /* Counts the verdict and stores it: the last step for every frame. */
@@ -154,7 +188,7 @@ static inline int stage_classify(const struct fwd_snapshot *s, uint8_t *buf, uin
 		return verdict_count(FWD_DROP, res, c);
 	}
 	*tp = t;
-	*hp = flow_hash(t, p, b->hash_fields);
+	*hp = flow_hash(s->bind_sip[bi], p, b->hash_fields);
 	return FWD_FORWARD;
 }
 

@@ -48,13 +48,13 @@ static inline int ipv6_ext_walk(const uint8_t *ip, uint32_t end, uint8_t *nh, ui
 	return EXT_OK;
 }
 
-/* Index of the first bind whose prefix holds p->dst (p->dst_w), or s->nbinds. */
-static inline uint32_t vip_find(const struct fwd_snapshot *s, const struct pkt *p)
+/* Index of the first bind whose prefix holds the destination (words w0, w1), or s->nbinds. */
+static inline uint32_t vip_find(const struct fwd_snapshot *s, uint8_t family, uint64_t w0, uint64_t w1)
 {
-	uint32_t i;
+	uint32_t i, n = s->nbinds;
 
-	for (i = 0; i < s->nbinds; i++)
-		if (bind_holds(&s->binds[i], p->family, p->dst_w))
+	for (i = 0; i < n; i++)
+		if (bind_holds(&s->binds[i], family, w0, w1))
 			break;
 	return i;
 }
@@ -153,7 +153,7 @@ static inline int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint
 		p->src = ip + 12;
 		p->dst = ip + 16;
 		addr_load_words(4, p->dst, p->dst_w);
-		p->first_vip = vip_find(s, p);
+		p->first_vip = vip_find(s, 4, p->dst_w[0], 0);
 		if (p->first_vip == s->nbinds)
 			return FWD_PASS;
 		frag = (load_be16(ip + 6) & 0x3fff) != 0;
@@ -172,7 +172,7 @@ static inline int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint
 		p->src = ip + 8;
 		p->dst = ip + 24;
 		addr_load_words(6, p->dst, p->dst_w);
-		p->first_vip = vip_find(s, p);
+		p->first_vip = vip_find(s, 6, p->dst_w[0], p->dst_w[1]);
 		if (p->first_vip == s->nbinds)
 			return FWD_PASS;
 		proto = ip[6];

@@ -103,11 +103,18 @@ static inline void addr_load_words(uint8_t family, const uint8_t *a, uint64_t w[
 	}
 }
 
-/* Does bind b's prefix hold the address whose words are w (of the given family)? */
-static inline int bind_holds(const struct fwd_snap_bind *b, uint8_t family, const uint64_t w[2])
+/*
+ * Does bind b's prefix hold the address whose words are w0, w1 (of the given
+ * family)? With a constant family the IPv4 test reads one word: an IPv4
+ * bind's second words are zero.
+ */
+static inline int bind_holds(const struct fwd_snap_bind *b, uint8_t family, uint64_t w0, uint64_t w1)
 {
-	return b->family == family &&
-	       (((w[0] ^ b->net[0]) & b->mask[0]) | ((w[1] ^ b->net[1]) & b->mask[1])) == 0;
+	uint64_t d = (w0 ^ b->net[0]) & b->mask[0];
+
+	if (family != 4)
+		d |= (w1 ^ b->net[1]) & b->mask[1];
+	return b->family == family && d == 0;
 }
 
 /* ---- RFC 1071 checksum ----

@@ -48,6 +48,8 @@ struct fwd_snapshot {
 	struct fwd_node_spec node;
 	uint32_t nbinds;
 	struct fwd_snap_bind binds[FWD_MAX_BINDS];
+	/* per bind, its table's sip_init (fwd_snap_link): the hash starts one load after the bind */
+	uint64_t bind_sip[FWD_MAX_BINDS][4];
 	uint32_t ntables;
 	struct fwd_snap_table *tables[FWD_MAX_TABLES];
 	uint8_t use_nexthops;   /* set by fwd_snapshot_set_nexthop */
@@ -56,12 +58,15 @@ struct fwd_snapshot {
 
 /*
  * snapshot.c's derivations, for it and for native/tests/core_smoke.c (which
- * builds snapshots by hand): a bind as the core tests it, and a table's keyed
- * SipHash state and per-backend checksum words (after backends/hash_key are set).
+ * builds snapshots by hand): a bind as the core tests it, a table's keyed
+ * SipHash state and per-backend checksum words (after backends/hash_key are
+ * set), and the per-bind copies of table data.
  */
 __attribute__((visibility("hidden"))) void fwd_snap_bind_compile(struct fwd_snap_bind *dst,
 								  const struct fwd_bind_spec *src);
 __attribute__((visibility("hidden"))) void fwd_snap_table_precompute(struct fwd_snap_table *st,
 								      const struct fwd_node_spec *node);
+/* Last step, once binds and tables are in place: the per-bind copies (bind_sip). */
+__attribute__((visibility("hidden"))) void fwd_snap_link(struct fwd_snapshot *s);
 
 #endif

@@ -88,7 +88,7 @@ struct fwd_sip {
 	uint64_t v0, v1, v2, v3;
 };
 
-static inline void fwd_sip_absorb(struct fwd_sip *s, uint64_t m)
+static inline __attribute__((always_inline)) void fwd_sip_absorb(struct fwd_sip *s, uint64_t m)
 {
 	s->v3 ^= m;
 	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
@@ -96,7 +96,7 @@ static inline void fwd_sip_absorb(struct fwd_sip *s, uint64_t m)
 	s->v0 ^= m;
 }
 
-static inline uint64_t fwd_sip_finish(struct fwd_sip *s, uint64_t tail, uint64_t inlen)
+static inline __attribute__((always_inline)) uint64_t fwd_sip_finish(struct fwd_sip *s, uint64_t tail, uint64_t inlen)
 {
 	fwd_sip_absorb(s, tail | inlen << 56);
 	s->v2 ^= 0xff;

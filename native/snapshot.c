@@ -120,6 +120,17 @@ void fwd_snap_table_precompute(struct fwd_snap_table *st, const struct fwd_node_
 	}
 }
 
+void fwd_snap_link(struct fwd_snapshot *s)
+{
+	for (uint32_t i = 0; i < s->nbinds; i++) {
+		const struct fwd_snap_table *t =
+			s->binds[i].table < s->ntables ? s->tables[s->binds[i].table] : NULL;
+
+		if (t)
+			memcpy(s->bind_sip[i], t->sip_init, sizeof(s->bind_sip[i]));
+	}
+}
+
 struct fwd_snapshot *fwd_snapshot_new(const struct fwd_node_spec *node,
 				      const struct fwd_bind_spec *binds, uint32_t nbinds,
 				      struct fwd_table **tables, uint32_t ntables)
@@ -147,6 +158,7 @@ struct fwd_snapshot *fwd_snapshot_new(const struct fwd_node_spec *node,
 		s->tables[i] = st;
 		s->ntables = i + 1;
 	}
+	fwd_snap_link(s);
 	return s;
 }
 

@@ -86,6 +86,7 @@ static struct fwd_snapshot *snap_build(void)
 	for (int i = 0; i < 4; i++)
 		fwd_snap_bind_compile(&s->binds[i], &b[i]);
 	s->nbinds = 4;
+	fwd_snap_link(s);
 	return s;
 }
 
