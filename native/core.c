@@ -16,29 +16,44 @@
 #include "siphash.h"
 
 /*
- * First bind from `from` (config order) of the given proto whose port range
- * holds dport (when ports count) and whose prefix holds the destination
- * words w0, w1; or s->nbinds. Called with a constant family (bind_holds).
+ * First bind from rules4[from] (config order) of the given proto whose port
+ * range holds dport (when ports count) and whose prefix holds the IPv4
+ * destination (raw word w): a bind index, or s->nbinds.
  */
-static inline uint32_t bind_scan(const struct fwd_snapshot *s, uint32_t from, uint8_t family,
-				 uint64_t w0, uint64_t w1, uint8_t proto, int ports, uint16_t dport)
+static inline uint32_t rule4_scan(const struct fwd_snapshot *s, uint32_t from, uint32_t w,
+				  uint8_t proto, int ports, uint16_t dport)
 {
-	uint32_t i, n = s->nbinds;
+	for (uint32_t k = from, n = s->nrules4; k < n; k++) {
+		const struct fwd_snap_rule4 *r = &s->rules4[k];
 
-	for (i = from; i < n; i++) {
-		const struct fwd_snap_bind *b = &s->binds[i];
-
-		if (b->proto != proto)
+		if (r->proto != proto)
 			continue;
-		if (ports && (dport < b->port_lo || dport > b->port_hi))
+		if (ports && (dport < r->port_lo || dport > r->port_hi))
 			continue;
-		if (bind_holds(b, family, w0, w1))
-			break;
+		if (((w ^ r->net) & r->mask) == 0)
+			return r->bind;
 	}
-	return i;
+	return s->nbinds;
 }
 
-/* First bind (from p->first_vip, in config order) the packet belongs to, or nbinds. */
+/* The same over rules6 for an IPv6 destination (raw words w). */
+static inline uint32_t rule6_scan(const struct fwd_snapshot *s, uint32_t from, const uint64_t w[2],
+				  uint8_t proto, int ports, uint16_t dport)
+{
+	for (uint32_t k = from, n = s->nrules6; k < n; k++) {
+		const struct fwd_snap_rule6 *r = &s->rules6[k];
+
+		if (r->proto != proto)
+			continue;
+		if (ports && (dport < r->port_lo || dport > r->port_hi))
+			continue;
+		if ((((w[0] ^ r->net[0]) & r->mask[0]) | ((w[1] ^ r->net[1]) & r->mask[1])) == 0)
+			return r->bind;
+	}
+	return s->nbinds;
+}
+
+/* The bind the packet belongs to (config order, from its first VIP rule), or nbinds. */
 static inline uint32_t bind_match(const struct fwd_snapshot *s, const struct pkt *p)
 {
 	int ports = p->kind == PKT_PORTS;
@@ -46,8 +61,8 @@ static inline uint32_t bind_match(const struct fwd_snapshot *s, const struct pkt
 	if (p->kind == PKT_ECHO)
 		return p->first_vip;
 	if (p->family == 4)
-		return bind_scan(s, p->first_vip, 4, p->dst_w[0], 0, p->proto, ports, p->dport);
-	return bind_scan(s, p->first_vip, 6, p->dst_w[0], p->dst_w[1], p->proto, ports, p->dport);
+		return rule4_scan(s, p->first_rule, (uint32_t)p->dst_w[0], p->proto, ports, p->dport);
+	return rule6_scan(s, p->first_rule, p->dst_w, p->proto, ports, p->dport);
 }
 
 /* A port's two big-endian bytes as a little-endian value (SipHash reads words that way). */
@@ -183,7 +198,7 @@ static inline int stage_classify(const struct fwd_snapshot *s, uint8_t *buf, uin
 		c->binds[bi].packets++;
 		c->binds[bi].bytes += len;
 	}
-	if (b->table >= s->ntables || !(t = s->tables[b->table])) {   /* snapshot_new forbids */
+	if (!(t = s->bind_table[bi])) {   /* no such table: snapshot_new forbids */
 		res->reason = FWD_DROP_NO_BACKEND;
 		return verdict_count(FWD_DROP, res, c);
 	}
@@ -213,11 +228,15 @@ static inline int stage_forward(const struct fwd_snapshot *s, const struct fwd_s
 		return verdict_count(FWD_DROP, res, c);
 	}
 	v = gue_encap(s, t, buf, off, p, res);
-	if (c && v == FWD_FORWARD) {
+	if (v != FWD_FORWARD)
+		return verdict_count(v, res, c);
+	res->verdict = FWD_FORWARD;
+	if (c) {
+		c->verdicts[FWD_FORWARD]++;
 		c->backends[res->table][row.primary].packets++;
 		c->backends[res->table][row.primary].bytes += res->out_len;
 	}
-	return verdict_count(v, res, c);
+	return FWD_FORWARD;
 }
 
 __attribute__((noinline)) int fwd_process(const struct fwd_snapshot *s, uint8_t *buf,

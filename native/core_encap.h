@@ -30,9 +30,10 @@ static inline uint32_t csum_pseudo6(uint32_t ulen, uint8_t nh)
  * ICMPv4 type 3 code 4 / ICMPv6 type 2 back to the client, from the VIP,
  * quoting the inner packet; the input's L2 header is reversed, VLAN kept.
  */
-__attribute__((noinline, cold)) static int icmp_reply(uint8_t *buf, uint32_t off, const struct pkt *p, uint32_t mtu_rep,
-		      struct fwd_result *res)
+__attribute__((noinline, cold)) static int icmp_reply(uint8_t *buf, uint32_t off, struct pkt pv,
+						     uint32_t mtu_rep, struct fwd_result *res)
 {
+	const struct pkt *p = &pv;   /* a copy: the caller's struct pkt stays in registers */
 	uint32_t iph = p->family == 4 ? 20 : 40, hdr = iph + 8;
 	uint8_t *f = buf + off, l2h[18];
 	const uint8_t *ip = p->ip;
@@ -90,49 +91,155 @@ __attribute__((noinline, cold)) static int icmp_reply(uint8_t *buf, uint32_t off
 	return FWD_REPLY;
 }
 
+/*
+ * The outer Ethernet addresses when they come from the input frame (no node
+ * MACs, no next hops): f[6..12) then f[0..6), as two 8-byte loads and stores.
+ * The second store runs 2 bytes past the EtherType into the IP header, which
+ * is written after it.
+ */
+static inline void eth_swap_macs(uint8_t *o, const uint8_t *f, uint16_t type)
+{
+	uint64_t a, b;
+
+	memcpy(&a, f + 4, 8);
+	memcpy(&b, f, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	a = a >> 16 | b << 48;                                        /* f[6..12), f[0..2) */
+	b = (b >> 16 & 0xffffffffu) | (uint64_t)__builtin_bswap16(type) << 32;   /* f[2..6), type */
+	memcpy(o, &a, 8);
+	memcpy(o + 8, &b, 8);
+#else
+	uint8_t m[12];
+
+	memcpy(m, f + 6, 6);
+	memcpy(m + 6, f, 6);
+	memcpy(o, m, 12);
+	store_be16(o + 12, type);
+	(void)a;
+	(void)b;
+#endif
+}
+
+/*
+ * The usual cases in straight-line code: outer IPv4 with one IPv4 hop or none,
+ * the Ethernet addresses from the input frame, within the MTU. hop_bytes is a
+ * constant (gue_encap_plain branches on the row's hop length): the store
+ * addresses then do not wait for the row, which waits for the hash, and the
+ * next frame's loads are not held up (or replayed) behind them. Returns 0,
+ * having written nothing, when the frame is not that case.
+ */
+static inline __attribute__((always_inline)) int
+gue_encap4_hops(const struct fwd_snapshot *s, const struct fwd_snap_encap *pe,
+		const struct fwd_snap_encap *he, uint32_t hop_bytes, uint8_t *buf, uint32_t off,
+		const struct pkt *p, struct fwd_result *res)
+{
+	uint32_t over = 20 + 8 + GUE_HLEN + hop_bytes, outer_len = over + p->ip_len;
+	uint32_t hdr = ETH_HLEN + over;
+
+	if (pe->family != 4 || !pe->has_src || outer_len > s->node.mtu || outer_len > 65535 ||
+	    off + p->l2 < hdr || !s->plain_l2)
+		return 0;
+
+	uint8_t *f = buf + off, *o = f + p->l2 - hdr, *h = o + ETH_HLEN, *u = h + 20, *g = u + 8;
+
+	eth_swap_macs(o, f, ETH_P_IPV4);
+	store_be64(h, 0x4500000000004000ull | (uint64_t)outer_len << 32);
+	store_be32(h + 8, (uint32_t)(64 << 8 | IPPROTO_UDP_) << 16 |
+				  csum_finish(pe->csum_outer + outer_len));
+	memcpy(h + 12, pe->addrs, 8);
+	store_be64(u, (uint64_t)p->gue_sport << 48 | (uint64_t)FWD_GUE_PORT << 32 |
+			      (uint64_t)(outer_len - 20) << 16);
+	store_be64(g, (uint64_t)((1 + hop_bytes / 4) << 8 | (p->family == 4 ? 4 : 41)) << 48 |
+			      he->hop_lo);
+	if (hop_bytes)
+		memcpy(g + 8, he->addrs + 4, 4);
+	res->out_off = off + p->l2 - hdr;
+	res->out_len = hdr + p->ip_len;
+	return 1;
+}
+
+/* The same for an outer IPv6 header with one IPv6 hop or none (UDP checksum over the inner packet). */
+static inline __attribute__((always_inline)) int
+gue_encap6_hops(const struct fwd_snapshot *s, const struct fwd_snap_encap *pe,
+		const struct fwd_snap_encap *he, uint32_t hop_bytes, uint8_t *buf, uint32_t off,
+		const struct pkt *p, struct fwd_result *res)
+{
+	uint32_t over = 40 + 8 + GUE_HLEN + hop_bytes, outer_len = over + p->ip_len;
+	uint32_t hdr = ETH_HLEN + over, udp_len = outer_len - 40;
+
+	if (pe->family != 6 || !pe->has_src || outer_len > s->node.mtu || outer_len > 40 + 65535 ||
+	    off + p->l2 < hdr || !s->plain_l2)
+		return 0;
+
+	uint8_t *f = buf + off, *o = f + p->l2 - hdr, *h = o + ETH_HLEN, *u = h + 40, *g = u + 8;
+	uint32_t gue_hi = (1 + hop_bytes / 4) << 8 | (p->family == 4 ? 4 : 41);
+	/* the inner packet, the pseudo header (addresses in csum_outer), UDP and
+	 * GUE header words, the hop */
+	uint32_t sum = csum_be16(csum_acc(0, p->ip, p->ip_len)) + pe->csum_outer +
+		       csum_pseudo6(udp_len, IPPROTO_UDP_) + p->gue_sport + FWD_GUE_PORT + udp_len +
+		       gue_hi + he->hop_lo + he->hop_sum;
+	uint16_t c = csum_finish(sum);
+
+	eth_swap_macs(o, f, ETH_P_IPV6);
+	store_be64(h, 0x6000000000000000ull | (uint64_t)udp_len << 16 | IPPROTO_UDP_ << 8 | 64);
+	memcpy(h + 8, pe->addrs, 32);
+	store_be64(u, (uint64_t)p->gue_sport << 48 | (uint64_t)FWD_GUE_PORT << 32 |
+			      (uint64_t)udp_len << 16 | (c ? c : 0xffff));
+	store_be64(g, (uint64_t)gue_hi << 48 | he->hop_lo);
+	if (hop_bytes)
+		memcpy(g + 8, he->addrs + 16, 16);
+	res->out_off = off + p->l2 - hdr;
+	res->out_len = hdr + p->ip_len;
+	return 1;
+}
+
+static inline int gue_encap_plain(const struct fwd_snapshot *s, const struct fwd_snap_encap *pe,
+				   const struct fwd_snap_encap *he, uint8_t *buf, uint32_t off,
+				   const struct pkt *p, struct fwd_result *res)
+{
+	if (pe->family == 4) {
+		if (he->hop_len == 4)
+			return gue_encap4_hops(s, pe, he, 4, buf, off, p, res);
+		if (he->hop_len == 0)
+			return gue_encap4_hops(s, pe, he, 0, buf, off, p, res);
+	} else {
+		if (he->hop_len == 16)
+			return gue_encap6_hops(s, pe, he, 16, buf, off, p, res);
+		if (he->hop_len == 0)
+			return gue_encap6_hops(s, pe, he, 0, buf, off, p, res);
+	}
+	return 0;
+}
+
 static inline int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint8_t *buf,
 			    uint32_t off, const struct pkt *p, struct fwd_result *res)
 {
+	if (gue_encap_plain(s, &t->encap[p->primary],
+			     p->secondary != p->primary && p->secondary < t->nbackends ?
+				     &t->encap[p->secondary] : &t->no_hop,
+			     buf, off, p, res))
+		return FWD_FORWARD;
+
 	const struct fwd_node_spec *node = &s->node;
 	uint32_t pi = p->primary, si = p->secondary;
-	const struct fwd_addr *pa = &t->backends[pi];
-	const uint8_t *tsrc, *hop = NULL;
-	uint32_t iph, hop_bytes = 0, hop_sum = 0, gue_lo = 0, mtu = node->mtu;
+	const struct fwd_snap_encap *pe = &t->encap[pi];
+	/* the hop: the secondary, or none (no_hop's zero length and words) */
+	const struct fwd_snap_encap *he = si != pi && si < t->nbackends ? &t->encap[si] : &t->no_hop;
+	uint32_t v4 = pe->family == 4, iph = v4 ? 20 : 40, hop_bytes = he->hop_len;
+	/* what the outer total length / payload length can say */
+	uint32_t mtu = node->mtu, mtu_max = v4 ? 65535 : 40 + 65535;
 
-	if (pa->family == 4) {
-		if (!node->has_tunnel_src4)
-			return encap_drop(res, FWD_DROP_NO_TUNNEL_SOURCE);
-		iph = 20;
-		tsrc = node->tunnel_src4;
-		if (mtu > 65535)   /* what the outer total length can say */
-			mtu = 65535;
-	} else {
-		if (!node->has_tunnel_src6)
-			return encap_drop(res, FWD_DROP_NO_TUNNEL_SOURCE);
-		iph = 40;
-		tsrc = node->tunnel_src6;
-		if (mtu > 40 + 65535)   /* what the payload length can say */
-			mtu = 40 + 65535;
-	}
-	if (si != pi && si < t->nbackends) {
-		hop = t->backends[si].bytes;
-		hop_sum = t->csum_addr[si];
-		/* GUE private data, low word: type (0 IPv4 hops, 1 IPv6), next hop 0, count 1 */
-		if (t->backends[si].family == 4) {
-			hop_bytes = 4;
-			gue_lo = 1;
-		} else {
-			hop_bytes = 16;
-			gue_lo = 1 << 16 | 1;
-		}
-	}
+	if (!pe->has_src)
+		return encap_drop(res, FWD_DROP_NO_TUNNEL_SOURCE);
+	if (mtu > mtu_max)
+		mtu = mtu_max;
 
 	uint32_t over = iph + 8 + GUE_HLEN + hop_bytes;   /* outer IP length - ip_len */
 	uint32_t outer_len = over + p->ip_len;
 
 	if (outer_len > mtu) {
 		if (p->no_frag && !p->icmp_err)
-			return icmp_reply(buf, off, p, mtu > over ? mtu - over : 0, res);
+			return icmp_reply(buf, off, *p, mtu > over ? mtu - over : 0, res);
 		return encap_drop(res, FWD_DROP_TOO_BIG);
 	}
 
@@ -141,59 +248,59 @@ static inline int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_
 	if (off + p->l2 < hdr)
 		return encap_drop(res, FWD_DROP_NO_HEADROOM);
 
-	/* o[0..12) ends before f: hdr >= 50 > l2 + 12, so the MACs are read before
+	/* o[0..16) ends before f: hdr >= 50 > l2 + 16, so the MACs are read before
 	 * the outer headers overwrite the input's L2 header. */
 	uint8_t *f = buf + off, *o = f + p->l2 - hdr;
-	const uint8_t *dmac = node->has_dst_mac ? node->dst_mac : f + 6;
-	const uint8_t *smac = node->has_src_mac ? node->src_mac : f;
+	uint16_t type = v4 ? ETH_P_IPV4 : ETH_P_IPV6;
 
 	if (s->use_nexthops) {   /* live: the route's egress and neighbour decide */
 		const struct fwd_nexthop *nh = &t->nexthops[pi];
 
 		if (!nh->ifindex)
 			return encap_drop(res, FWD_DROP_NO_NEXTHOP);
-		dmac = nh->dst_mac;
-		smac = nh->src_mac;
+		memcpy(o, nh->dst_mac, 6);
+		memcpy(o + 6, nh->src_mac, 6);
+		store_be16(o + 12, type);
 		res->egress_ifindex = nh->ifindex;
+	} else if (node->has_dst_mac || node->has_src_mac) {
+		memcpy(o, node->has_dst_mac ? node->dst_mac : f + 6, 6);
+		memcpy(o + 6, node->has_src_mac ? node->src_mac : f, 6);
+		store_be16(o + 12, type);
+	} else {
+		eth_swap_macs(o, f, type);
 	}
-	memcpy(o, dmac, 6);
-	memcpy(o + 6, smac, 6);
 
 	uint8_t *h = o + ETH_HLEN, *u = h + iph, *g = u + 8;
 	uint32_t udp_len = outer_len - iph;
 	/* GUE: hlen (32-bit words after the base header), inner proto, flags 0 |
-	 * private data (gue_lo above) */
+	 * private data (the hop's: type, next hop 0, count) */
 	uint32_t gue_hi = (1 + hop_bytes / 4) << 8 | (p->family == 4 ? 4 : 41);
 
 	/* UDP: sport, 19523, length, checksum 0 (set below over IPv6) */
 	store_be64(u, (uint64_t)p->gue_sport << 48 | (uint64_t)FWD_GUE_PORT << 32 |
 			      (uint64_t)udp_len << 16);
-	store_be64(g, (uint64_t)gue_hi << 48 | gue_lo);
+	store_be64(g, (uint64_t)gue_hi << 48 | he->hop_lo);
 	if (hop_bytes == 4)
-		memcpy(g + 8, hop, 4);
+		memcpy(g + 8, he->addrs + 4, 4);
 	else if (hop_bytes == 16)
-		memcpy(g + 8, hop, 16);
-	if (iph == 20) {
-		store_be16(o + 12, ETH_P_IPV4);
+		memcpy(g + 8, he->addrs + 16, 16);
+	if (v4) {
 		/* 45 00 len | id 0, DF | ttl 64, udp, checksum (constant words and
-		 * both addresses are in csum_outer) */
+		 * both addresses are in csum_outer) | source, destination */
 		store_be64(h, 0x4500000000004000ull | (uint64_t)outer_len << 32);
 		store_be32(h + 8, (uint32_t)(64 << 8 | IPPROTO_UDP_) << 16 |
-					  csum_finish(t->csum_outer[pi] + outer_len));
-		memcpy(h + 12, tsrc, 4);
-		memcpy(h + 16, pa->bytes, 4);
+					  csum_finish(pe->csum_outer + outer_len));
+		memcpy(h + 12, pe->addrs, 8);
 	} else {
-		store_be16(o + 12, ETH_P_IPV6);
 		store_be64(h, 0x6000000000000000ull | (uint64_t)udp_len << 16 |
 				      IPPROTO_UDP_ << 8 | 64);
-		memcpy(h + 8, tsrc, 16);
-		memcpy(h + 24, pa->bytes, 16);
+		memcpy(h + 8, pe->addrs, 32);
 
 		/* the inner packet, the pseudo header (addresses in csum_outer), UDP
 		 * and GUE header words, the hop */
-		uint32_t sum = csum_be16(csum_acc(0, p->ip, p->ip_len)) + t->csum_outer[pi] +
+		uint32_t sum = csum_be16(csum_acc(0, p->ip, p->ip_len)) + pe->csum_outer +
 			       csum_pseudo6(udp_len, IPPROTO_UDP_) + p->gue_sport + FWD_GUE_PORT +
-			       udp_len + gue_hi + gue_lo + hop_sum;
+			       udp_len + gue_hi + he->hop_lo + he->hop_sum;
 		uint16_t c = csum_finish(sum);
 
 		store_be16(u + 6, c ? c : 0xffff);

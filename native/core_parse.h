@@ -12,6 +12,9 @@
 
 enum { EXT_OK, EXT_TOO_MANY, EXT_TRUNCATED };
 
+/* The extension headers walked: hop-by-hop 0, routing 43, fragment 44, destination options 60. */
+#define IPV6_EXT_MASK (1ull << 0 | 1ull << 43 | 1ull << 44 | 1ull << 60)
+
 /*
  * Walk hop-by-hop (0), routing (43), destination options (60) and fragment
  * (44) headers of the IPv6 packet ip[0..end) from *off. On EXT_OK *nh is the
@@ -24,7 +27,7 @@ static inline int ipv6_ext_walk(const uint8_t *ip, uint32_t end, uint8_t *nh, ui
 	uint32_t o = *off;
 	uint8_t h = *nh;
 
-	for (int n = 0; h == 0 || h == 43 || h == 60 || h == 44; n++) {
+	for (int n = 0; h < 64 && (IPV6_EXT_MASK >> h & 1); n++) {
 		uint32_t hl;
 
 		if (n == IPV6_MAX_EXT)
@@ -48,15 +51,29 @@ static inline int ipv6_ext_walk(const uint8_t *ip, uint32_t end, uint8_t *nh, ui
 	return EXT_OK;
 }
 
-/* Index of the first bind whose prefix holds the destination (words w0, w1), or s->nbinds. */
-static inline uint32_t vip_find(const struct fwd_snapshot *s, uint8_t family, uint64_t w0, uint64_t w1)
+/* Position in s->rules4 of the first IPv4 bind holding the destination (raw word w), or nrules4. */
+static inline uint32_t vip_find4(const struct fwd_snapshot *s, uint32_t w)
 {
-	uint32_t i, n = s->nbinds;
+	uint32_t k, n = s->nrules4;
 
-	for (i = 0; i < n; i++)
-		if (bind_holds(&s->binds[i], family, w0, w1))
+	for (k = 0; k < n; k++)
+		if (((w ^ s->rules4[k].net) & s->rules4[k].mask) == 0)
 			break;
-	return i;
+	return k;
+}
+
+/* The same in s->rules6 for an IPv6 destination (raw words w), or nrules6. */
+static inline uint32_t vip_find6(const struct fwd_snapshot *s, const uint64_t w[2])
+{
+	uint32_t k, n = s->nrules6;
+
+	for (k = 0; k < n; k++) {
+		const struct fwd_snap_rule6 *r = &s->rules6[k];
+
+		if ((((w[0] ^ r->net[0]) & r->mask[0]) | ((w[1] ^ r->net[1]) & r->mask[1])) == 0)
+			break;
+	}
+	return k;
 }
 
 static inline int parse_drop(struct pkt *p, uint8_t reason)
@@ -69,8 +86,10 @@ static inline int parse_drop(struct pkt *p, uint8_t reason)
  * ICMPv4 type 3 / ICMPv6 type 2: the quote q[0..qn) must be a complete IP
  * header of the outer's version with >= 4 bytes of TCP/UDP after it. The flow
  * is the quoted one reversed. Its length field is not checked (quotes are cut).
+ * Inlined: a struct pkt whose address escapes to a call lives in memory, not
+ * in registers, on every frame's path.
  */
-static int quote_parse(struct pkt *p, const uint8_t *q, uint32_t qn)
+static inline __attribute__((always_inline)) int quote_parse(struct pkt *p, const uint8_t *q, uint32_t qn)
 {
 	const uint8_t *qsrc, *qdst;
 	uint32_t hl;
@@ -110,26 +129,24 @@ static int quote_parse(struct pkt *p, const uint8_t *q, uint32_t qn)
 	p->kind = PKT_PORTS;
 	p->icmp_err = 1;
 	p->first_vip = 0;   /* the reversed destination may be any bind's */
+	p->first_rule = 0;
 	return FWD_FORWARD;
 }
 
-static inline int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, struct pkt *p)
+/*
+ * From the EtherType on, l2 (14 or 18) a constant: pkt_parse inlines this
+ * once per header length, so the offsets fold into the loads.
+ */
+static inline __attribute__((always_inline)) int
+pkt_parse_l3(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, struct pkt *p,
+	     uint32_t l2, uint16_t type)
 {
 	const uint8_t *ip;
-	uint32_t l2 = ETH_HLEN, avail, hl;
-	uint16_t type, frag_id = 0;
+	uint32_t avail, hl;
+	uint16_t frag_id = 0;
 	uint8_t proto;
 	int frag = 0;
 
-	if (len < ETH_HLEN)
-		return parse_drop(p, FWD_DROP_TRUNCATED);
-	type = load_be16(f + 12);
-	if (type == ETH_P_8021Q) {
-		if (len < ETH_HLEN + VLAN_HLEN)
-			return parse_drop(p, FWD_DROP_TRUNCATED);
-		type = load_be16(f + 16);
-		l2 += VLAN_HLEN;
-	}
 	ip = f + l2;
 	avail = len - l2;
 	p->ip = ip;
@@ -141,7 +158,7 @@ static inline int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint
 	if (type == ETH_P_IPV4) {
 		if (avail < 20)
 			return parse_drop(p, FWD_DROP_TRUNCATED);
-		if ((ip[0] >> 4) != 4 || (ip[0] & 15) < 5)
+		if ((uint8_t)(ip[0] - 0x45) > 0x4f - 0x45)   /* version 4, IHL >= 5 */
 			return parse_drop(p, FWD_DROP_BAD_IPV4);
 		hl = (uint32_t)(ip[0] & 15) * 4;
 		p->ip_len = load_be16(ip + 2);
@@ -153,9 +170,10 @@ static inline int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint
 		p->src = ip + 12;
 		p->dst = ip + 16;
 		addr_load_words(4, p->dst, p->dst_w);
-		p->first_vip = vip_find(s, 4, p->dst_w[0], 0);
-		if (p->first_vip == s->nbinds)
+		p->first_rule = vip_find4(s, (uint32_t)p->dst_w[0]);
+		if (p->first_rule == s->nrules4)
 			return FWD_PASS;
+		p->first_vip = s->rules4[p->first_rule].bind;
 		frag = (load_be16(ip + 6) & 0x3fff) != 0;
 		frag_id = load_be16(ip + 4);
 		p->no_frag = (ip[6] & 0x40) != 0;
@@ -172,9 +190,10 @@ static inline int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint
 		p->src = ip + 8;
 		p->dst = ip + 24;
 		addr_load_words(6, p->dst, p->dst_w);
-		p->first_vip = vip_find(s, 6, p->dst_w[0], p->dst_w[1]);
-		if (p->first_vip == s->nbinds)
+		p->first_rule = vip_find6(s, p->dst_w);
+		if (p->first_rule == s->nrules6)
 			return FWD_PASS;
+		p->first_vip = s->rules6[p->first_rule].bind;
 		proto = ip[6];
 		hl = 40;
 		switch (ipv6_ext_walk(ip, p->ip_len, &proto, &hl, &frag, &frag_id)) {
@@ -236,6 +255,20 @@ static inline int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint
 	if (l4[0] != (p->family == 4 ? 3 : 2))
 		return FWD_PASS;
 	return quote_parse(p, l4 + 8, l4len < 8 ? 0 : l4len - 8);
+}
+
+static inline int pkt_parse(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, struct pkt *p)
+{
+	uint16_t type;
+
+	if (len < ETH_HLEN)
+		return parse_drop(p, FWD_DROP_TRUNCATED);
+	type = load_be16(f + 12);
+	if (type != ETH_P_8021Q)
+		return pkt_parse_l3(s, f, len, p, ETH_HLEN, type);
+	if (len < ETH_HLEN + VLAN_HLEN)
+		return parse_drop(p, FWD_DROP_TRUNCATED);
+	return pkt_parse_l3(s, f, len, p, ETH_HLEN + VLAN_HLEN, load_be16(f + 16));
 }
 
 #endif

@@ -43,6 +43,7 @@ struct pkt {
 	uint32_t l2;           /* 14 or 18 */
 	uint32_t ip_len;       /* IPv4 total length or 40 + IPv6 payload length */
 	uint32_t first_vip;    /* first bind whose prefix holds the outer destination */
+	uint32_t first_rule;   /* where bind matching starts in rules4 / rules6 */
 	uint16_t sport, dport; /* host order; 0 for PKT_FRAG / PKT_ECHO */
 	uint16_t hint;         /* GUE source port hint */
 	uint8_t family;        /* 4 or 6 */
@@ -103,20 +104,6 @@ static inline void addr_load_words(uint8_t family, const uint8_t *a, uint64_t w[
 	}
 }
 
-/*
- * Does bind b's prefix hold the address whose words are w0, w1 (of the given
- * family)? With a constant family the IPv4 test reads one word: an IPv4
- * bind's second words are zero.
- */
-static inline int bind_holds(const struct fwd_snap_bind *b, uint8_t family, uint64_t w0, uint64_t w1)
-{
-	uint64_t d = (w0 ^ b->net[0]) & b->mask[0];
-
-	if (family != 4)
-		d |= (w1 ^ b->net[1]) & b->mask[1];
-	return b->family == family && d == 0;
-}
-
 /* ---- RFC 1071 checksum ----
  * Header words are summed as host values of their big-endian fields (never
  * read back from bytes just stored: that would stall on store forwarding);
@@ -131,8 +118,22 @@ static inline int bind_holds(const struct fwd_snap_bind *b, uint8_t family, uint
  */
 static inline uint64_t csum_acc(uint64_t sum, const uint8_t *p, size_t n)
 {
-	uint64_t v;
+	uint64_t v, a = 0, b = 0;
 
+	/* 16 bytes per round into two accumulators of 32-bit halves: no carry to
+	 * propagate (2^32 = 1 modulo 0xffff; under 2^46 for any IP packet), and
+	 * the two chains run side by side */
+	for (; n >= 16; p += 16, n -= 16) {
+		uint64_t w;
+
+		memcpy(&v, p, 8);
+		memcpy(&w, p + 8, 8);
+		a += (v & 0xffffffffu) + (v >> 32);
+		b += (w & 0xffffffffu) + (w >> 32);
+	}
+	a += b;
+	sum += a;
+	sum += sum < a;
 	for (; n >= 8; p += 8, n -= 8) {
 		memcpy(&v, p, 8);
 		sum += v;

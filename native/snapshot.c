@@ -6,7 +6,8 @@
  * tables go on changing while workers still read an old snapshot), and the
  * input is validated here so the packet core can trust it. What the core would
  * otherwise derive per packet from the config is derived here once: binds as
- * raw masks, the keyed SipHash state, per-backend checksum words.
+ * raw masks, the keyed SipHash state, per-backend outer addresses and
+ * checksum words.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -94,8 +95,8 @@ static uint32_t addr_words(const struct fwd_addr *a)
 
 /*
  * What gue_encap would otherwise recompute per packet: the keyed SipHash
- * state, and per backend the checksum words that depend only on the backend
- * and the node's tunnel source of its family.
+ * state, and per backend the outer addresses and checksum words that depend
+ * only on the backend and the node's tunnel source of its family.
  */
 void fwd_snap_table_precompute(struct fwd_snap_table *st, const struct fwd_node_spec *node)
 {
@@ -108,27 +109,64 @@ void fwd_snap_table_precompute(struct fwd_snap_table *st, const struct fwd_node_
 	st->sip_init[3] = FWD_SIP_C3 ^ k1;
 	memcpy(src4.bytes, node->tunnel_src4, 4);
 	memcpy(src6.bytes, node->tunnel_src6, 16);
+	memset(&st->no_hop, 0, sizeof(st->no_hop));
 	for (uint32_t i = 0; i < st->nbackends; i++) {
 		const struct fwd_addr *a = &st->backends[i];
+		struct fwd_snap_encap *e = &st->encap[i];
+		uint32_t alen = a->family == 4 ? 4 : 16;
 
-		st->csum_addr[i] = addr_words(a);
+		memset(e, 0, sizeof(*e));
+		memcpy(e->addrs, a->family == 4 ? src4.bytes : src6.bytes, alen);
+		memcpy(e->addrs + alen, a->bytes, alen);
+		e->family = a->family;
+		e->hop_len = (uint8_t)alen;
+		e->has_src = a->family == 4 ? node->has_tunnel_src4 : node->has_tunnel_src6;
+		e->hop_sum = addr_words(a);
+		e->hop_lo = a->family == 4 ? 1 : 1 << 16 | 1;
 		if (a->family == 4)   /* 45 00 | DF | ttl 64, udp | both addresses */
-			st->csum_outer[i] = 0x4500 + 0x4000 + (64 << 8 | IPPROTO_UDP_) +
-					    addr_words(&src4) + st->csum_addr[i];
+			e->csum_outer = 0x4500 + 0x4000 + (64 << 8 | IPPROTO_UDP_) +
+					addr_words(&src4) + e->hop_sum;
 		else
-			st->csum_outer[i] = addr_words(&src6) + st->csum_addr[i];
+			e->csum_outer = addr_words(&src6) + e->hop_sum;
 	}
 }
 
 void fwd_snap_link(struct fwd_snapshot *s)
 {
+	s->nrules4 = 0;
+	s->nrules6 = 0;
+	for (uint32_t i = 0; i < s->nbinds; i++) {
+		const struct fwd_snap_bind *b = &s->binds[i];
+
+		if (b->family == 4) {
+			struct fwd_snap_rule4 *r = &s->rules4[s->nrules4++];
+
+			memcpy(&r->net, b->net, 4);   /* the address bytes, as the core loads them */
+			memcpy(&r->mask, b->mask, 4);
+			r->port_lo = b->port_lo;
+			r->port_hi = b->port_hi;
+			r->bind = (uint16_t)i;
+			r->proto = b->proto;
+		} else {
+			struct fwd_snap_rule6 *r = &s->rules6[s->nrules6++];
+
+			memcpy(r->net, b->net, 16);
+			memcpy(r->mask, b->mask, 16);
+			r->port_lo = b->port_lo;
+			r->port_hi = b->port_hi;
+			r->bind = (uint16_t)i;
+			r->proto = b->proto;
+		}
+	}
 	for (uint32_t i = 0; i < s->nbinds; i++) {
 		const struct fwd_snap_table *t =
 			s->binds[i].table < s->ntables ? s->tables[s->binds[i].table] : NULL;
 
+		s->bind_table[i] = t;
 		if (t)
 			memcpy(s->bind_sip[i], t->sip_init, sizeof(s->bind_sip[i]));
 	}
+	s->plain_l2 = !s->use_nexthops && !s->node.has_dst_mac && !s->node.has_src_mac;
 }
 
 struct fwd_snapshot *fwd_snapshot_new(const struct fwd_node_spec *node,
@@ -179,5 +217,6 @@ int fwd_snapshot_set_nexthop(struct fwd_snapshot *s, uint32_t table, uint32_t ba
 		return -1;
 	s->tables[table]->nexthops[backend] = *nh;
 	s->use_nexthops = 1;
+	s->plain_l2 = 0;
 	return 0;
 }
