@@ -466,3 +466,37 @@ def test_http_kept_connection_loopback():
     assert n_kept == 1 and n_fresh == 3
     assert not any(b"Connection: close" in h for h in requests[:5])
     assert all(b"\r\nConnection: close\r\n" in h for h in requests[5:])
+
+
+def test_http_kept_connection_max_age(monkeypatch):
+    """A kept connection older than _REUSE_MAX_AGE is not used again: the check opens a new one
+    (so a server that stopped accepting connections is noticed)."""
+    import healthcheck.checks as hc
+
+    monkeypatch.setattr(hc, "_REUSE_MAX_AGE", 0.0)
+
+    async def go():
+        accepts = []
+
+        async def handler(r, w):
+            accepts.append(1)
+            while True:
+                try:
+                    await r.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await w.drain()
+            w.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        c = Checker()
+        rs = [await c.run(CheckSpec("http", port), LO, 1.0) for _ in range(3)]
+        c.close()
+        server.close()
+        return rs, len(accepts)
+
+    rs, n = run(go())
+    assert all(r.ok for r in rs), rs
+    assert n == 3
