@@ -629,7 +629,7 @@ class _TcpPlan:
     (``reuse_connection``). Made once per probe (``Checker.prepare``)."""
 
     __slots__ = (
-        "poller", "spec", "family", "dest", "bind", "http", "request", "status", "reuse",
+        "poller", "spec", "family", "dest", "bind", "http", "request", "status", "passed", "reuse",
         "conn", "conn_fd", "conn_born", "closed", "__weakref__",
     )  # fmt: skip
 
@@ -642,6 +642,7 @@ class _TcpPlan:
         self.http = spec.kind == "http"
         self.request = _http_request(spec, address) if self.http else b""
         self.status = spec.status
+        self.passed = f"HTTP {spec.status}"  # the detail of a passed check
         self.reuse = self.http and spec.reuse_connection
         self.conn: _socket.socket | None = None  # the kept connection while no check uses it
         self.conn_fd = -1
@@ -896,17 +897,23 @@ class _TcpRun(_Run):
             return
 
     def _verdict(self, status: int) -> None:
-        if status != self.plan.status:
-            self.fail(_CheckFailed(f"HTTP {status}, expected {self.plan.status}"))
+        plan = self.plan
+        if status != plan.status:
+            self.fail(_CheckFailed(f"HTTP {status}, expected {plan.status}"))
             return
-        latency = None
+        if self.finished:
+            return
+        self.finished = True  # _Run.ok written out: one per check
+        latency = -1.0
         if self.first is not None:
             wait = max(0.0, self.first - self.sent)
             if self.rtt is not None:  # a new connection: its handshake, then the request
                 latency = self.rtt + wait
             elif self.kept:
                 latency = wait
-        self.ok(f"HTTP {status}", latency)
+        if latency < 0:
+            latency = time.perf_counter() - self.t0
+        self.done(CheckResult(True, latency, None, plan.passed))
 
 
 class _TlsProbe(asyncio.Protocol):

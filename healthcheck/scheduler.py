@@ -273,7 +273,12 @@ class HealthChecker:
         p.running = False
         if not p.active or self._stopped:
             return
-        self._record(p, result)
+        if result.ok is p.up and self.on_result is None:  # the usual: no news (_record's fast path)
+            p.stats.add(result)
+            p.last = result
+            p.streak = 0
+        else:
+            self._record(p, result)
         t = p.timing
         p.due += t.interval * (1 - t.jitter + 2 * t.jitter * self._random())  # uniform(1 ± jitter)
         self._at(p.due, p.on_start)  # type: ignore[arg-type]
