@@ -11,7 +11,7 @@ checks share (the sockets that receive tunnel-probe answers, TLS contexts) and r
   the connection is established (then reset: no TIME_WAIT on the checker).
 * ``http``  — GET ``uri`` with ``Host``; passes when the status line carries the expected
   status. By default on a kept connection (below). ``https`` is the same over TLS, optionally
-  without verification, on a new connection per check.
+  without verification, also on a kept connection (one TLS handshake per connection).
 * ``gue``   — the GUE tunnel probe (below); ``fou`` is GLB's legacy GRE-in-UDP variant of it.
 
 Kept HTTP connections
@@ -93,7 +93,9 @@ first byte of the answer (``SO_TIMESTAMPNS``; http), or from sending the probe t
 of the echo reply (gue). Timeouts are honoured to within a tick, and a tick looks at the
 sockets before it expires anything, so an answer that is there in time is never counted as a
 timeout. No tick runs while no check is in flight. HTTPS uses asyncio's TLS
-transport on the loop (a TLS handshake costs far more than a wake-up).
+transport on the loop (a TLS handshake costs far more than a wake-up), a task per check; its
+kept connection follows the same rules (a close or stray bytes while idle are seen by the
+protocol, ``_TlsProbe``).
 """
 
 from __future__ import annotations
@@ -366,7 +368,7 @@ class _Poller:
         self.watched: dict[int, Callable[[], None]] = {}
         self.expiring: dict[float, deque[_Run]] = {}
         self.pokes: deque[tuple[int, _Run]] = deque()
-        self.keeping: weakref.WeakSet[_TcpPlan] = weakref.WeakSet()  # plans that keep connections
+        self.keeping: weakref.WeakSet[_TcpPlan | _HttpsPlan] = weakref.WeakSet()  # plans keeping connections
         self.idle: dict[int, _TcpPlan] = {}  # fd of a kept connection between checks -> its plan
         self.harvested = -1  # the tick of the last harvest
         self.scheduled = False
@@ -471,7 +473,7 @@ def _http_request(spec: CheckSpec, address: IPAddress) -> bytes:
         if spec.port != (443 if spec.kind == "https" else 80):
             host = f"{host}:{spec.port}"
     # a kept connection says nothing (HTTP/1.1 keeps it by default); otherwise ask for the close
-    close = "" if spec.kind == "http" and spec.reuse_connection else "Connection: close\r\n"
+    close = "" if spec.reuse_connection else "Connection: close\r\n"
     return (
         f"GET {spec.uri} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: fwd-healthcheck\r\n"
         f"Accept: */*\r\n{close}\r\n"
@@ -916,32 +918,161 @@ class _TcpRun(_Run):
         self.done(CheckResult(True, latency, None, plan.passed))
 
 
-class _TlsProbe(asyncio.Protocol):
-    """HTTPS: sends one GET over the TLS transport and resolves ``done`` with the status."""
+class _Dead(Exception):
+    """A connection ended before any byte of the answer (``error``: what ended it)."""
 
-    def __init__(self, request: bytes, done: asyncio.Future[int]) -> None:
-        self.request = request
-        self.done = done
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _TlsProbe(asyncio.Protocol):
+    """HTTPS: one TLS connection; ``ask(request)`` sends a GET and gives a future of
+    ``(status, end)`` as _response frames the answer (end -1: the connection is not to be used
+    again). Bytes while no request is out (``stray``) or the close (``closed``) make a kept
+    connection unusable."""
+
+    def __init__(self, frame: bool, born: float) -> None:
+        self.frame = frame
+        self.born = born
+        self.transport: asyncio.Transport | None = None
+        self.pending: asyncio.Future[tuple[int, int]] | None = None
         self.buf = b""
+        self.status: int | None = None  # the pending answer's, once known
+        self.stray = self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(self.request)  # type: ignore[attr-defined]
+        self.transport = transport  # type: ignore[assignment]
+
+    def ask(self, request: bytes) -> asyncio.Future[tuple[int, int]]:
+        assert self.transport is not None
+        self.pending = fut = asyncio.get_running_loop().create_future()
+        self.buf, self.status = b"", None
+        self.transport.write(request)
+        return fut
 
     def data_received(self, data: bytes) -> None:
-        if self.done.done():
+        fut = self.pending
+        if fut is None or fut.done():
+            self.stray = True
             return
         self.buf += data
         try:
-            status = _status_of(self.buf)
+            r = _response(self.buf, self.frame)
         except _CheckFailed as e:
-            self.done.set_exception(e)
+            fut.set_exception(e)
             return
-        if status is not None:
-            self.done.set_result(status)
+        if r is None:
+            return
+        self.status, end = r
+        if end is not None:
+            fut.set_result((self.status, end if end == len(self.buf) else -1))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc or _CheckFailed("connection closed before an HTTP status line"))
+        self.closed = True
+        fut = self.pending
+        if fut is None or fut.done():
+            return
+        if self.status is not None:  # a body that ends with the connection
+            fut.set_result((self.status, -1))
+        elif not self.buf:
+            fut.set_exception(_Dead(exc or _CheckFailed("connection closed before an HTTP status line")))
+        else:
+            fut.set_exception(exc or _CheckFailed("connection closed before an HTTP status line"))
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _HttpsPlan:
+    """What every https check of one spec and address shares: the request, the TLS names, and
+    with ``reuse_connection`` the kept TLS connection (its session: no handshake per check),
+    used like a kept http connection (module notes)."""
+
+    def __init__(self, checker: Checker, spec: CheckSpec, address: IPAddress) -> None:
+        self.checker = checker
+        self.spec = spec
+        self.host = str(address)
+        self.request = _http_request(spec, address)
+        self.server_hostname = spec.host or self.host
+        if not spec.tls_verify and not spec.host:
+            self.server_hostname = ""  # no SNI for a bare address, and nothing to verify
+        self.local = (str(spec.source), 0) if spec.source is not None else None
+        self.kept: _TlsProbe | None = None
+        self.closed = False
+
+    def __call__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
+        run = _Run(timeout, 0.0, done)
+        checker = self.checker
+        task = checker.ticker.loop.create_task(self._check(timeout, run))
+        checker._tasks.add(task)
+        task.add_done_callback(checker._tasks.discard)
+
+    async def _open(self) -> _TlsProbe:
+        loop = asyncio.get_running_loop()
+        _, probe = await loop.create_connection(
+            lambda: _TlsProbe(self.spec.reuse_connection, loop.time()),
+            self.host,
+            self.spec.port,
+            ssl=self.checker._tls_context(self.spec.tls_verify),
+            server_hostname=self.server_hostname,
+            local_addr=self.local,
+        )
+        return probe
+
+    async def _check(self, timeout: float, run: _Run) -> None:
+        loop = asyncio.get_running_loop()
+        spec = self.spec
+        probe, self.kept = self.kept, None
+        if probe is not None and (probe.closed or probe.stray or loop.time() - probe.born >= _REUSE_MAX_AGE):
+            probe.abort()
+            probe = None
+        try:
+            async with asyncio.timeout(timeout):
+                if probe is not None:
+                    try:
+                        status, end = await probe.ask(self.request)
+                    except _Dead:  # the kept connection was dead: one new one
+                        probe.abort()
+                        probe = None
+                if probe is None:
+                    probe = await self._open()
+                    try:
+                        status, end = await probe.ask(self.request)
+                    except _Dead as e:
+                        raise e.error from None
+        except TimeoutError:
+            if probe is not None:
+                probe.abort()
+                if probe.status is not None:  # the status came in time, not the rest
+                    self._verdict(run, probe.status)
+                    return
+            run.timeout_msg("no answer")
+            return
+        except (OSError, ValueError, EOFError, _CheckFailed) as e:
+            if probe is not None:
+                probe.abort()
+            run.fail(e)
+            return
+        if end >= 0 and status == spec.status and not probe.closed and not self.closed and self.kept is None:
+            self.kept = probe
+        else:
+            probe.abort()
+        self._verdict(run, status)
+
+    def _verdict(self, run: _Run, status: int) -> None:
+        if status != self.spec.status:
+            run.fail(_CheckFailed(f"HTTP {status}, expected {self.spec.status}"))
+        else:
+            run.ok(f"HTTP {status}", None)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.kept is not None:
+            self.kept.abort()
+            self.kept = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1393,7 +1524,9 @@ class Checker:
         if spec.kind == "tcp" or spec.kind == "http":
             return _TcpPlan(self.poller, spec, address)
         if spec.kind == "https":
-            return partial(self._start_https, spec, address)
+            plan = _HttpsPlan(self, spec, address)
+            self.poller.keeping.add(plan)  # Checker.close closes what is kept
+            return plan
         if self._tunnel is None:
             self._tunnel = _TunnelProber(self.ticker.loop, self.poller)
         return _TunnelPlan(self._tunnel, spec, address)
@@ -1407,49 +1540,6 @@ class Checker:
                 self._plans.clear()
             plan = self._plans[(spec, address)] = self.prepare(spec, address)
         plan(timeout, done)
-
-    # -- https (asyncio's TLS transport) ---------------------------------------------------
-
-    def _start_https(
-        self, spec: CheckSpec, address: IPAddress, timeout: float, done: Callable[[CheckResult], None]
-    ) -> None:
-        run = _Run(timeout, 0.0, done)
-        task = self.ticker.loop.create_task(self._https(spec, address, timeout, run))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _https(self, spec: CheckSpec, address: IPAddress, timeout: float, run: _Run) -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[int] = loop.create_future()
-        request = _http_request(spec, address)
-        server_hostname = spec.host or str(address)
-        if not spec.tls_verify and not spec.host:
-            server_hostname = ""  # no SNI for a bare address, and nothing to verify
-        local = (str(spec.source), 0) if spec.source is not None else None
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_connection(
-                    lambda: _TlsProbe(request, done),
-                    str(address),
-                    spec.port,
-                    ssl=self._tls_context(spec.tls_verify),
-                    server_hostname=server_hostname,
-                    local_addr=local,
-                )
-                try:
-                    status = await done
-                finally:
-                    transport.abort()
-        except TimeoutError:
-            run.timeout_msg("no answer")
-            return
-        except (OSError, ValueError, EOFError, _CheckFailed) as e:
-            run.fail(e)
-            return
-        if status != spec.status:
-            run.fail(_CheckFailed(f"HTTP {status}, expected {spec.status}"))
-        else:
-            run.ok(f"HTTP {status}", None)
 
     def close(self) -> None:
         for t in self._tasks:

@@ -61,10 +61,10 @@ class CheckSpec:
     tls_verify  https: verify the certificate chain and name (``False``: accept any).
     source      local address to send from; for tunnel probes the outer *and* inner source,
                 i.e. the address the backend answers to (normally the node's tunnel source).
-    reuse_connection  http: keep one HTTP/1.1 connection open and send each check's GET on it
-                (a new connection after any error, timeout or ``Connection: close``, and at
-                least every 30 s); ``False``: a new connection per check. https: not used yet
-                (every https check is a new TLS connection).
+    reuse_connection  http/https: keep one HTTP/1.1 connection (https: and its TLS session)
+                open and send each check's GET on it (a new connection after any error,
+                timeout or ``Connection: close``, and at least every 30 s); ``False``: a new
+                connection per check.
     mode        tcp only: ``half-open`` (the default: a SYN, passed by a SYN-ACK, no connection
                 is made; needs CAP_NET_RAW, else it runs as ``connect``) or ``connect``.
                 Set to ``half-open`` for tcp when left out, None for other kinds.

@@ -27,7 +27,7 @@ from tests.netns import topology as tp
 
 CHK, BE = "10.96.0.1", "10.96.0.2"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-PLAIN, IDLE_CLOSE, FEW_REQUESTS = 80, 81, 82  # nginx ports (below)
+PLAIN, IDLE_CLOSE, FEW_REQUESTS, TLS = 80, 81, 82, 443  # nginx ports (below)
 PY_PORT = 8080
 
 # A HealthChecker on one backend with the checks and timing given as JSON; every result and
@@ -50,7 +50,7 @@ async def main():
     def on_change(v):
         out(kind="verdict", healthy=v.healthy, reason=v.reason)
     hc = HealthChecker(on_result=on_result, on_change=on_change)
-    specs = tuple(CheckSpec("http", **c) for c in conf["checks"])
+    specs = tuple(CheckSpec(c.pop("kind", "http"), **c) for c in conf["checks"])
     t = Target("be", ipaddress.ip_address(conf["address"]), specs, Timing(**conf["timing"]))
     hc.set_targets([t])
     done = asyncio.Event()
@@ -150,6 +150,11 @@ class Nginx:
     def __init__(self, ns: str, d: Path):
         self.ns, self.dir, self.log = ns, d, d / "access.log"
         d.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=be",
+             "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+            check=True, capture_output=True,
+        )  # fmt: skip
         temp = " ".join(
             f"{k}_temp_path {d}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
@@ -168,7 +173,9 @@ class Nginx:
             f"  access_log {self.log} conns;\n  keepalive_timeout 60s;\n"
             f"  server {{ listen {PLAIN}; {loc} }}\n"
             f"  server {{ listen {IDLE_CLOSE}; keepalive_timeout 200ms; {loc} }}\n"
-            f"  server {{ listen {FEW_REQUESTS}; keepalive_requests 3; {loc} }}\n}}\n"
+            f"  server {{ listen {FEW_REQUESTS}; keepalive_requests 3; {loc} }}\n"
+            f"  server {{ listen {TLS} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; "
+            f"{loc} }}\n}}\n"
         )
         self.proc: subprocess.Popen | None = None
 
@@ -226,6 +233,7 @@ def raw_get(ns: str, port: int, uri: str) -> bytes:
 @pytest.fixture
 def pair(netns_ok, tmp_path):
     conftest._skip_or_fail(None if Path(NGINX).exists() else "needs nginx (nginx-light)")
+    conftest._skip_or_fail(None if shutil.which("openssl") else "needs the openssl command")
     prefix = f"{tp.prefix_for_run()}hka-"
     chk, be = f"{prefix}chk", f"{prefix}be"
     for ns in (chk, be):
@@ -503,3 +511,31 @@ def test_bytes_sent_while_idle_are_not_the_answer(pair):
     assert all(r["ok"] for r in rs), rs
     conns = [e for e in ev if "req" not in e and "conn" in e]
     assert len(conns) >= 4, ev  # a new connection for every check after the first
+
+
+def test_https_one_connection_then_nginx_stopped(pair):
+    """https keeps its TLS connection (one TLS handshake for all the checks); nginx stopped:
+    every check started after that fails and the backend goes down after `fall`."""
+    chk, be, nginx = pair
+    c = Checker(chk, [{"kind": "https", "port": TLS, "uri": "/health", "tls_verify": False}], fall=2)
+    try:
+        assert all(r["ok"] and r["detail"] == "HTTP 200" for r in c.results(5))
+        reqs = nginx.requests(TLS, "/health")
+        assert len(reqs) >= 5 and len({conn for conn, _, _ in reqs}) == 1, reqs
+        nginx.stop()
+        c.mark()
+        rs = c.results(4)
+    finally:
+        c.stop()
+    after = [r for r in rs if r["after_mark"]]
+    assert len(after) >= 3 and all(not r["ok"] and r["error"] == "connection refused" for r in after), rs
+    assert [x["healthy"] for x in c.verdicts()] == [True, False], c.verdicts()
+
+
+def test_https_reuse_off_new_connection_per_check(pair):
+    chk, be, nginx = pair
+    spec = {"kind": "https", "port": TLS, "uri": "/health", "tls_verify": False, "reuse_connection": False}
+    rs = run_checks(chk, [spec], 4)
+    assert all(r["ok"] for r in rs), rs
+    reqs = nginx.requests(TLS, "/health")
+    assert len(reqs) >= 4 and len({conn for conn, _, _ in reqs}) == len(reqs), reqs

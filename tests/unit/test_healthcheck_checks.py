@@ -500,3 +500,45 @@ def test_http_kept_connection_max_age(monkeypatch):
     rs, n = run(go())
     assert all(r.ok for r in rs), rs
     assert n == 3
+
+
+def test_https_kept_connection(nginx):
+    """https keeps its TLS connection too: 4 checks, one TLS handshake (a Python TLS server
+    counts accepts); reuse_connection=False: one per check. The nginx one passes either way."""
+    import ssl as _ssl
+
+    ctx = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(nginx["dir"] / "cert.pem", nginx["dir"] / "key.pem")
+
+    async def go():
+        accepts = []
+
+        async def handler(r, w):
+            accepts.append(1)
+            while True:
+                try:
+                    await r.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError, _ssl.SSLError):
+                    break
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await w.drain()
+            w.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        c = Checker()
+        spec = CheckSpec("https", port, host="good.example", tls_verify=False)
+        kept = [await c.run(spec, LO, 2.0) for _ in range(4)]
+        n_kept = len(accepts)
+        off = CheckSpec("https", port, host="good.example", tls_verify=False, reuse_connection=False)
+        fresh = [await c.run(off, LO, 2.0) for _ in range(3)]
+        a, p = nginx["address"], nginx["https"]
+        ng = [await c.run(CheckSpec("https", p, uri="/health", host="good.example", tls_verify=False), a, 2.0)
+              for _ in range(3)]  # fmt: skip
+        c.close()
+        server.close()
+        return kept, n_kept, fresh, len(accepts) - n_kept, ng
+
+    kept, n_kept, fresh, n_fresh, ng = run(go())
+    assert all(r.ok for r in kept + fresh + ng), kept + fresh + ng
+    assert n_kept == 1 and n_fresh == 3
