@@ -4,12 +4,24 @@ Prints ns/packet and Mpps for copy+fwd_process over an in-memory mix of frames,
 next to a loop that only copies the same frames (the floor), and the table
 timings (full build, health change, add, remove). Both packet loops copy each
 frame once and call the core exactly as the back ends do (fwd_process per
-frame); they are timed in the thread's CPU time, so a run preempted on a shared
-machine is not charged for the wait. Two layouts: one reused buffer (the
-issue's figure), and groups of 64 frames copied into 64 buffers before they
-are processed, as an rx burst of 64 (the back ends' default) lands. Figures
-drift on a shared machine, so each is the median of several runs taken side
-by side; the report also lands in bench-report/core.md.
+frame), in thread CPU time. Two layouts: one reused buffer (the issue's
+figure), and groups of 64 frames copied into 64 buffers before they are
+processed, as an rx burst of 64 (the back ends' default) lands.
+
+Why the figures are taken this way: on this shared VM the host alternates, for
+seconds at a time, between a quiet state and a slow one (a neighbour on the
+same physical core, frequency) in which the floor takes ~1.35x and the core
+~1.6x as long; a run of whole-second samples fell into one state or the other,
+so bench-core's ratio was bimodal (~3.2x or ~4x). Placement was ruled out:
+fwd_bench copies the frames into a page-aligned arena and starts its work
+buffers 2048 bytes into a page, the same for both loops in every run (sweeping
+that offset and the frames' alignment moved nothing beyond noise). So each
+figure is many short runs (~1 ms), each core run between two floor runs; a
+core run counts as quiet when both its floor runs are within 10% of the low
+floor (2nd percentile) — chosen by the floor alone, the same test for both
+loops — and the figures are medians over the quiet runs (core, floor, and the
+per-run ratio core / mean of its two floors). The median over all runs is
+printed too. The report also lands in bench-report/core.md.
 """
 
 from __future__ import annotations
@@ -66,6 +78,8 @@ seed = "0123456789abcdef0123456789abcdef"
 
 
 RX_BURST = 64  # frames per rx burst: the AF_XDP and raw socket back ends' default batch
+QUIET = 1.10  # a floor run within 10% of the low floor: the host was quiet
+MIN_QUIET = 100  # quiet core runs wanted per figure
 
 
 def backends_toml(addrs: list[str]) -> str:
@@ -100,12 +114,46 @@ def median_run(fn, repeats: int) -> float:
 
 
 def bench_packets(
-    dp: Dataplane, frames: list[bytes], iterations: int, repeats: int, slots: int
+    dp: Dataplane, frames: list[bytes], iterations: int, seconds: float, slots: int
 ) -> dict[str, float]:
-    runs = [dp.bench(frames, iterations, slots) for _ in range(repeats)]
-    core = statistics.median(r["core_ns_per_pkt"] for r in runs)
-    floor = statistics.median(r["copy_ns_per_pkt"] for r in runs)
-    return {"core_ns": core, "floor_ns": floor, "ratio": core / floor, "mpps": 1e3 / core}
+    """Short core runs, each between two floor runs, for `seconds` (up to 4 × that while fewer
+    than MIN_QUIET are quiet); the figures are medians over the quiet ones (see the docstring)."""
+    core: list[float] = []
+    floors: list[tuple[float, float]] = []
+    t0 = time.monotonic()
+    while True:
+        r = dp.bench(frames, iterations, slots, samples=25)
+        fl = r["copy_ns_per_pkt"]
+        core += r["core_ns_per_pkt"]
+        floors += list(zip(fl[:-1], fl[1:], strict=True))
+        elapsed = time.monotonic() - t0
+        quiet = quiet_runs(core, floors)
+        if elapsed >= 4 * seconds or (elapsed >= seconds and len(quiet) >= MIN_QUIET):
+            break
+    ratio = [c / ((f0 + f1) / 2) for c, (f0, f1) in zip(core, floors, strict=True)]
+    q_core = [core[i] for i in quiet]
+    q_floor = [sum(floors[i]) / 2 for i in quiet]
+    q_ratio = [ratio[i] for i in quiet]
+    c = statistics.median(q_core)
+    return {
+        "core_ns": c,
+        "floor_ns": statistics.median(q_floor),
+        "ratio": statistics.median(q_ratio),
+        "mpps": 1e3 / c,
+        "quiet": len(quiet),
+        "runs": len(core),
+        "ratio_all": statistics.median(ratio),
+        "core_all": statistics.median(core),
+        "floor_all": statistics.median(f for pair in floors for f in pair),
+    }
+
+
+def quiet_runs(core: list[float], floors: list[tuple[float, float]]) -> list[int]:
+    """Core runs whose two floor runs both came within QUIET of the run's low floor (its 2nd
+    percentile): the host was in its quiet state for both loops. Chosen by the floor only."""
+    every = sorted(f for pair in floors for f in pair)
+    low = every[len(every) // 50]
+    return [i for i, (f0, f1) in enumerate(floors) if max(f0, f1) <= QUIET * low]
 
 
 def v4_backends(n: int, state: str = "active", healthy: bool = True) -> list[Backend]:
@@ -146,8 +194,9 @@ def timed(fn) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=2000, help="rounds over the frame mix per run")
-    ap.add_argument("--repeats", type=int, default=7, help="runs per figure (the median is reported)")
+    ap.add_argument("--iterations", type=int, default=50, help="rounds over the frame mix per packet run")
+    ap.add_argument("--seconds", type=float, default=8.0, help="sampling time per packet layout")
+    ap.add_argument("--repeats", type=int, default=7, help="runs per table figure (the median is reported)")
     ap.add_argument("--report", default="bench-report/core.md")
     args = ap.parse_args()
 
@@ -164,22 +213,26 @@ def main() -> int:
     for r in dp.process_many(frames):
         verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
 
-    pk = bench_packets(dp, frames, args.iterations, args.repeats, 1)
-    rx = bench_packets(dp, frames, args.iterations, args.repeats, RX_BURST)
+    pk = bench_packets(dp, frames, args.iterations, args.seconds, 1)
+    rx = bench_packets(dp, frames, args.iterations, args.seconds, RX_BURST)
     tb = bench_table(args.repeats)
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
         "# bench-core",
         "",
         f"Frames: {len(frames)} in the mix ({', '.join(f'{k} {v}' for k, v in sorted(verdicts.items()))}), "
-        f"{args.iterations} rounds per run, median of {args.repeats} runs, one core, thread CPU time; "
-        f"load average {load} (1/5/15 min) at the end.",
+        f"packet runs of {args.iterations} rounds, each core run between two floor runs, one core, "
+        f"thread CPU time; medians over the quiet runs (both floor runs within {QUIET:.2f}× of the "
+        f"low floor): one buffer {pk['quiet']} of {pk['runs']}, rx burst {rx['quiet']} of {rx['runs']}; "
+        f"table figures: median of {args.repeats}; load average {load} (1/5/15 min) at the end.",
         "",
         "| figure | value | target |",
         "|---|---|---|",
         f"| core: copy + fwd_process | {pk['core_ns']:.1f} ns/packet ({pk['mpps']:.2f} Mpps) | ≤ 60 ns |",
         f"| floor: copy only | {pk['floor_ns']:.1f} ns/packet | |",
         f"| core / floor | {pk['ratio']:.2f}× | ≤ 3× |",
+        f"| core / floor, all runs (quiet or not) | {pk['ratio_all']:.2f}× "
+        f"({pk['core_all']:.1f} / {pk['floor_all']:.1f} ns) | |",
         f"| rx burst of {RX_BURST}: core | {rx['core_ns']:.1f} ns/packet ({rx['mpps']:.2f} Mpps) | |",
         f"| rx burst of {RX_BURST}: floor | {rx['floor_ns']:.1f} ns/packet | |",
         f"| rx burst of {RX_BURST}: core / floor | {rx['ratio']:.2f}× | |",

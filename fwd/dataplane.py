@@ -149,10 +149,14 @@ class Dataplane:
             ],
         )
 
-    def bench(self, frames: Sequence[bytes], iterations: int, slots: int = 1) -> dict[str, float]:
-        """ns of thread CPU time per packet for copy+fwd_process (core) and copy only (floor), in
-        one run. slots: frames copied before they are processed (1: one reused buffer; 64: a
-        back end's rx burst, each frame in its own buffer)."""
+    def bench(
+        self, frames: Sequence[bytes], iterations: int, slots: int = 1, samples: int = 1
+    ) -> dict[str, list[float]]:
+        """ns of thread CPU time per packet: `samples` runs of copy+fwd_process (core) taken
+        alternately with copy only (floor), floor first and last, so core run i lies between
+        floor runs i and i + 1 (both loops see the same machine state). slots: frames copied
+        before they are processed (1: one reused buffer; 64: a back end's rx burst, each frame
+        in its own buffer). Each run is `iterations` rounds over the frames."""
         stride = _stride(max(len(f) for f in frames))
         bufs = native.new_buffer(stride * len(frames))
         for i, frame in enumerate(frames):
@@ -160,9 +164,12 @@ class Dataplane:
         lens = native.uint32_array([len(f) for f in frames])
         total = len(frames) * iterations
         args = (self._snap, bufs, stride, native.HEADROOM, lens, len(frames), iterations)
-        floor_ns = native.bench(*args, 1, slots)
-        core_ns = native.bench(*args, 0, slots)
-        return {"packets": total, "core_ns_per_pkt": core_ns / total, "copy_ns_per_pkt": floor_ns / total}
+        floor = [native.bench(*args, 1, slots) / total]
+        core: list[float] = []
+        for _ in range(samples):
+            core.append(native.bench(*args, 0, slots) / total)
+            floor.append(native.bench(*args, 1, slots) / total)
+        return {"core_ns_per_pkt": core, "copy_ns_per_pkt": floor}
 
 
 def lookup_json(cfg: Config, selected: Sequence[int], res: Result) -> dict[str, Any]:

@@ -210,8 +210,10 @@ void fwd_process_batch(const struct fwd_snapshot *s, uint8_t *bufs, uint32_t str
  * modified), copy each group of `slots` frames into `slots` work buffers of
  * that stride, then (mode 0) call fwd_process on each, as the back ends do,
  * or (mode 1) only read each frame's first 64 bytes (the floor). slots 1
- * reuses one buffer; 64 is the back ends' rx burst. Returns the thread's CPU
- * time in ns (0 on bad arguments or no memory).
+ * reuses one buffer; 64 is the back ends' rx burst. The frames are first
+ * copied to a page-aligned arena and the work buffers start 2048 bytes into a
+ * page, so both loops see the same placement in every call. Returns the
+ * thread's CPU time in ns (0 on bad arguments or no memory).
  */
 uint64_t fwd_bench(const struct fwd_snapshot *s, const uint8_t *bufs, uint32_t stride,
 		   uint32_t headroom, const uint32_t *lens, uint32_t n, uint32_t iters,
