@@ -127,7 +127,7 @@ def bench_packets(
         core += r["core_ns_per_pkt"]
         floors += list(zip(fl[:-1], fl[1:], strict=True))
         elapsed = time.monotonic() - t0
-        quiet = quiet_runs(core, floors)
+        quiet = quiet_runs(floors)
         if elapsed >= 4 * seconds or (elapsed >= seconds and len(quiet) >= MIN_QUIET):
             break
     ratio = [c / ((f0 + f1) / 2) for c, (f0, f1) in zip(core, floors, strict=True)]
@@ -141,6 +141,7 @@ def bench_packets(
         "ratio": statistics.median(q_ratio),
         "mpps": 1e3 / c,
         "quiet": len(quiet),
+        "low_floor": low_floor(floors),
         "runs": len(core),
         "ratio_all": statistics.median(ratio),
         "core_all": statistics.median(core),
@@ -148,11 +149,15 @@ def bench_packets(
     }
 
 
-def quiet_runs(core: list[float], floors: list[tuple[float, float]]) -> list[int]:
+def low_floor(floors: list[tuple[float, float]]) -> float:
+    every = sorted(f for pair in floors for f in pair)
+    return every[len(every) // 50]
+
+
+def quiet_runs(floors: list[tuple[float, float]]) -> list[int]:
     """Core runs whose two floor runs both came within QUIET of the run's low floor (its 2nd
     percentile): the host was in its quiet state for both loops. Chosen by the floor only."""
-    every = sorted(f for pair in floors for f in pair)
-    low = every[len(every) // 50]
+    low = low_floor(floors)
     return [i for i, (f0, f1) in enumerate(floors) if max(f0, f1) <= QUIET * low]
 
 
@@ -223,7 +228,8 @@ def main() -> int:
         f"Frames: {len(frames)} in the mix ({', '.join(f'{k} {v}' for k, v in sorted(verdicts.items()))}), "
         f"packet runs of {args.iterations} rounds, each core run between two floor runs, one core, "
         f"thread CPU time; medians over the quiet runs (both floor runs within {QUIET:.2f}× of the "
-        f"low floor): one buffer {pk['quiet']} of {pk['runs']}, rx burst {rx['quiet']} of {rx['runs']}; "
+        f"low floor): one buffer {pk['quiet']} of {pk['runs']} (low floor {pk['low_floor']:.1f} ns), "
+        f"rx burst {rx['quiet']} of {rx['runs']} (low floor {rx['low_floor']:.1f} ns); "
         f"table figures: median of {args.repeats}; load average {load} (1/5/15 min) at the end.",
         "",
         "| figure | value | target |",
