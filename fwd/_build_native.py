@@ -40,6 +40,9 @@ ffibuilder.set_source(
     sources=native_sources(),
     include_dirs=[str(NATIVE)],
     extra_compile_args=CFLAGS,
+    # library-internal calls (the back ends and fwd_bench calling fwd_process) bind to the
+    # library's own definitions: a direct call, not one through the PLT
+    extra_link_args=["-Wl,-Bsymbolic-functions"],
     libraries=["xdp", "bpf"],  # AF_XDP sockets (xsk.c) and the XDP steering loader (steer.c)
 )
 
