@@ -391,8 +391,9 @@ static struct row_good row_beyond_update(const struct fwd_table *t, const struct
 /*
  * fwd rule when order[0] of row r is bad: (first good, order[0]), or keep
  * the GLB result when nothing is good. g: the row's first good backend if
- * known (or pending, for a deep row). Returns 1 (and caches the first good backend) when the result
- * depends on backends past the row's list.
+ * known (or pending, for a deep row). Returns 1 (and caches the first good
+ * backend past the list, FWD_NONE if none) when no backend of the list is
+ * good: the row then depends on backends that become good or join later.
  */
 static int row_pick_fwd(struct fwd_table *t, struct table_update *u, uint32_t r,
 			struct row_good g, uint16_t *p, uint16_t *s)
@@ -407,8 +408,10 @@ static int row_pick_fwd(struct fwd_table *t, struct table_update *u, uint32_t r,
 			return 0;
 		}
 	}
-	if (depth == t->nranked)
-		return 0;
+	/* Past here no backend of the list is good. Even when the list holds
+	 * every ranked backend (nothing good anywhere), the row stays deep:
+	 * a good backend that joins later without entering the list must
+	 * still become its primary. */
 	if (g.slot == TABLE_PENDING)
 		g = row_beyond_update(t, u, r);
 	if (t->ngood == 0) {

@@ -340,3 +340,20 @@ def test_set_backends_rejects_duplicates_and_keeps_table():
     with pytest.raises(Exception):  # noqa: B017 - the binding's exception type is its own business
         t.set_backends([bl[0], bl[1], Backend(bl[0].address, "draining")])
     assert c_rows(t) == before
+
+
+@pytest.mark.parametrize("bad", ["draining", "unhealthy"])
+def test_good_backend_joining_a_table_with_nothing_good(bad):
+    """8 ranked backends, none good (each row's kept list is the whole ranking), then one good one
+    joins: every row must take it as primary, also the rows where it ranks last and so stays out of
+    the row's list (the fuzzer found those rows keeping a bad primary)."""
+    state, healthy = ("draining", True) if bad == "draining" else ("active", False)
+    bl = [Backend(v4(i), state, healthy) for i in range(8)]
+    t = ForwardingTable(SEED, KEY, False, bl)
+    grown = bl + [Backend(v4(8))]
+    stats = t.set_backends(grown)
+    assert not stats.full_build
+    got = c_rows(t)
+    assert got == c_rows(ForwardingTable(SEED, KEY, False, grown))
+    assert {p for p, _ in got} == {8}
+    assert_rows_equal(got, build_rows(SEED, grown, False, rows=SAMPLE), SAMPLE, "after the good join")
