@@ -86,7 +86,10 @@ def line_coverage(target: str) -> str | None:
         return None
     raw, data = BUILD / "cov" / f"{target}.profraw", BUILD / "cov" / f"{target}.profdata"
     env = dict(os.environ, LLVM_PROFILE_FILE=str(raw))
-    subprocess.run([str(binary), "-runs=0", *corpus_dirs(target)], env=env, capture_output=True, check=False)
+    # crashes of this replay (a stale coverage build) go with the fuzzer's, not into the cwd
+    artifacts = f"-artifact_prefix={BUILD / 'crashes' / target}/"
+    replay = [str(binary), "-runs=0", artifacts, *corpus_dirs(target)]
+    subprocess.run(replay, env=env, capture_output=True, check=False)
     sources = [str(ROOT / "native" / name) for name in COVERED_SOURCES[target]]
     try:
         subprocess.run(["llvm-profdata", "merge", "-sparse", str(raw), "-o", str(data)], check=True)
