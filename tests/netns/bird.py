@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.netns import topology as tp
+
 BIRD = shutil.which("bird") or "/usr/sbin/bird"
 BIRDC = shutil.which("birdc") or "/usr/sbin/birdc"
 
@@ -124,11 +126,5 @@ class Bird:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        tp.terminate(self.proc)
         self.proc = None

@@ -61,13 +61,7 @@ class Nginx:
         return tp.in_netns(self.ns, probe)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        tp.terminate(self.proc)
         self.proc = None
 
 

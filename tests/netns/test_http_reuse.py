@@ -192,13 +192,7 @@ class Nginx:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        tp.terminate(self.proc)
         self.proc = None
 
     def requests(self, port: int, uri: str) -> list[tuple[int, int, int]]:

@@ -522,6 +522,18 @@ class FwdRun:
         return self.returncode
 
 
+def terminate(proc: subprocess.Popen | None, timeout: float = 5) -> None:
+    """SIGTERM a helper process still running and wait for it; SIGKILL when it does not stop in time."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 # ----------------------------------------------------------------------------- golden set, adapted
 
 
