@@ -43,6 +43,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 import resource
 import select
 import socket
@@ -172,6 +173,16 @@ def serve(tcp_port: int, http_port: int, gue: bool) -> None:
 # ----------------------------------------------------------------------------- the checker
 
 
+ADDRESS = re.compile(r"\b(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9a-fA-F]*:[0-9a-fA-F:.]*:[0-9a-fA-F.]*)\b")
+
+
+def generic(detail: str, backend: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """A check's detail with its addresses as <backend> and <source> ("echo reply from
+    <backend> to <source>"), so that 1,000 backends' details make one line."""
+    detail = re.sub(rf"(?<![\w.:]){re.escape(str(backend))}(?![\w.:])", "<backend>", detail)
+    return ADDRESS.sub("<source>", detail)
+
+
 def cpu_times() -> tuple[float, float]:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime, r.ru_stime
@@ -200,8 +211,8 @@ async def measure(
     fails = sum(p.stats.failures for p in hc.probes()) - fails0
     lat = sum(p.stats.latency_sum for p in hc.probes()) - lat0
     errors = sorted({p.last.error for p in hc.probes() if p.last and p.last.error})[:3]
-    # what the checks answered (SYN-ACK, connected, HTTP 200, ...)
-    details = sorted({p.last.detail for p in hc.probes() if p.last and p.last.detail})
+    # what the checks answered (SYN-ACK, connected, HTTP 200, ...), addresses left out
+    details = sorted({generic(p.last.detail, p.address) for p in hc.probes() if p.last and p.last.detail})
     await hc.stop()
     wall = t1 - t0
     cpu = (u1 - u0) + (s1 - s0)

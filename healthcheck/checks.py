@@ -118,7 +118,7 @@ from collections import deque
 from collections.abc import Callable
 from functools import lru_cache, partial
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from healthcheck.config import CheckSpec
 
@@ -370,6 +370,7 @@ class _Poller:
         self.pokes: deque[tuple[int, _Run]] = deque()
         self.keeping: weakref.WeakSet[_TcpPlan | _HttpsPlan] = weakref.WeakSet()  # plans keeping connections
         self.idle: dict[int, _TcpPlan] = {}  # fd of a kept connection between checks -> its plan
+        self.http_lane = _HttpLane(self)
         self.harvested = -1  # the tick of the last harvest
         self.scheduled = False
 
@@ -434,13 +435,16 @@ class _Poller:
     def _on_tick(self) -> None:
         self.scheduled = False
         pokes, now_k = self.pokes, self.ticker.current
+        lane = self.http_lane
+        if lane.batches:
+            lane.read(now_k)
         while pokes and pokes[0][0] < now_k:
             run = pokes.popleft()[1]
             if not run.finished:
                 run.poke()
         self.harvest()
         now = self.loop.time()
-        busy = bool(pokes)
+        busy = bool(pokes) or bool(lane.batches)
         for q in self.expiring.values():
             # finished runs leave from the front too: once every run is done, no more ticks
             while q and (q[0].finished or q[0].deadline <= now):
@@ -452,9 +456,16 @@ class _Poller:
             self.scheduled = True
             self.ticker.next(self._on_tick)
 
+    def ensure_tick(self) -> None:
+        """A tick is to come (something is in flight)."""
+        if not self.scheduled:
+            self.scheduled = True
+            self.ticker.next(self._on_tick)
+
     def close(self) -> None:
         for plan in tuple(self.keeping):
             plan.close()
+        self.http_lane.batches.clear()
         self.expiring.clear()
         self.pokes.clear()
         self.waiting.clear()
@@ -632,7 +643,7 @@ class _TcpPlan:
 
     __slots__ = (
         "poller", "spec", "family", "dest", "bind", "http", "request", "status", "passed", "reuse",
-        "conn", "conn_fd", "conn_born", "closed", "__weakref__",
+        "conn", "conn_fd", "conn_born", "closed", "lane", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, poller: _Poller, spec: CheckSpec, address: IPAddress) -> None:
@@ -650,6 +661,7 @@ class _TcpPlan:
         self.conn_fd = -1
         self.conn_born = 0.0  # loop time it was opened
         self.closed = False
+        self.lane = poller.http_lane if self.reuse else None  # the scheduler's way in (_HttpLane)
         if self.reuse:
             poller.keeping.add(self)  # Checker.close closes what is kept
 
@@ -664,8 +676,7 @@ class _TcpPlan:
             self.conn = None
             del poller.idle[self.conn_fd]
             if now - self.conn_born < _REUSE_MAX_AGE:
-                run.sock, run.fd, run.born = conn, self.conn_fd, self.conn_born
-                run.registered = run.level = run.kept = run.reused = True
+                run.adopt(conn, self.conn_fd, self.conn_born)
                 poller.add(run)
                 run.send()
                 return
@@ -736,6 +747,11 @@ class _TcpRun(_Run):
         self.reused = False  # on a kept connection, no byte of the answer read yet
         self.born = 0.0
         self.status: int | None = None  # the answer's status, once known
+
+    def adopt(self, conn: _socket.socket, fd: int, born: float) -> None:
+        """Run on the kept connection conn (its level-triggered idle registration stays)."""
+        self.sock, self.fd, self.born = conn, fd, born
+        self.registered = self.level = self.kept = self.reused = True
 
     def connect(self) -> None:
         """Open a new connection (the first step of a check, or its one retry)."""
@@ -851,52 +867,61 @@ class _TcpRun(_Run):
                 self._wait(_EPOLLIN)
                 return
             except OSError as e:
-                if self.reused:
-                    self._reconnect()
-                    return
-                self.close()
-                self.fail(e)
+                self.lost(e)
                 return
-            if not chunk:
-                if self.reused:  # closed by the server while idle
-                    self._reconnect()
-                    return
-                self.close()
-                if self.status is not None:  # a body that ends with the connection
-                    self._verdict(self.status)
-                else:
-                    self.fail(_CheckFailed("connection closed before an HTTP status line"))
+            if not self.take(chunk, anc):
                 return
-            if self.first is None:
-                if anc:  # SO_TIMESTAMPNS is the only ancillary data of these sockets
-                    typ, ts = anc[0][1], anc[0][2]
-                    if typ == _SO_TIMESTAMPNS and len(ts) >= 16:
-                        sec, nsec = _TIMESPEC.unpack_from(ts)
-                        self.first = sec + nsec * 1e-9
-                if self.reused and self.first is not None and self.first < self.sent:
-                    # bytes the server sent on its own while the connection was idle (a 408
-                    # before it closes, say): not the answer, and the connection is not clean
-                    self._reconnect()
-                    return
-            self.reused = False
-            self.buf += chunk
-            try:
-                r = _response(self.buf, self.plan.reuse)
-            except _CheckFailed as e:
-                self.close()
-                self.fail(e)
-                return
-            if r is None:
-                continue
-            self.status, end = r
-            if end is None:
-                continue
-            if end == len(self.buf) and self.status == self.plan.status:
-                self.plan.park(self)  # exactly one response, nothing after it: keep
-            else:
-                self.close()
-            self._verdict(self.status)
+
+    def lost(self, e: OSError) -> None:
+        """Reading failed with e."""
+        if self.reused:
+            self._reconnect()
             return
+        self.close()
+        self.fail(e)
+
+    def take(self, chunk: bytes, anc: list[tuple[int, int, bytes]]) -> bool:
+        """One read's bytes: True while more of the answer is to be read."""
+        if not chunk:
+            if self.reused:  # closed by the server while idle
+                self._reconnect()
+                return False
+            self.close()
+            if self.status is not None:  # a body that ends with the connection
+                self._verdict(self.status)
+            else:
+                self.fail(_CheckFailed("connection closed before an HTTP status line"))
+            return False
+        if self.first is None:
+            if anc:  # SO_TIMESTAMPNS is the only ancillary data of these sockets
+                typ, ts = anc[0][1], anc[0][2]
+                if typ == _SO_TIMESTAMPNS and len(ts) >= 16:
+                    sec, nsec = _TIMESPEC.unpack_from(ts)
+                    self.first = sec + nsec * 1e-9
+            if self.reused and self.first is not None and self.first < self.sent:
+                # bytes the server sent on its own while the connection was idle (a 408
+                # before it closes, say): not the answer, and the connection is not clean
+                self._reconnect()
+                return False
+        self.reused = False
+        self.buf += chunk
+        try:
+            r = _response(self.buf, self.plan.reuse)
+        except _CheckFailed as e:
+            self.close()
+            self.fail(e)
+            return False
+        if r is None:
+            return True
+        self.status, end = r
+        if end is None:
+            return True
+        if end == len(self.buf) and self.status == self.plan.status:
+            self.plan.park(self)  # exactly one response, nothing after it: keep
+        else:
+            self.close()
+        self._verdict(self.status)
+        return False
 
     def _verdict(self, status: int) -> None:
         plan = self.plan
@@ -916,6 +941,127 @@ class _TcpRun(_Run):
         if latency < 0:
             latency = time.perf_counter() - self.t0
         self.done(CheckResult(True, latency, None, plan.passed))
+
+
+class _HttpLane:
+    """The steady state of http checks on kept connections, all the checks of a tick at once.
+
+    The scheduler hands it the probes due at a grid point (``start``); for each whose plan
+    keeps a connection younger than 30 s it sends the request right there, and at the next
+    tick (``read``) reads the answer: one complete response with the expected status, nothing
+    after it, arrived after the request — the usual case — is a passed check, handed to the
+    scheduler with the others of that tick in one batch; the connection goes back to idle.
+    No run object, no per-check callback. Everything else (no kept connection, a failed or
+    short send, no answer yet, a part of one, another status, the server's close, bytes from
+    before the request, ``Connection: close`` ...) goes on in the general code (_TcpPlan /
+    _TcpRun) from where the lane stopped, so its outcome is exactly the general one.
+    ``fast`` counts the checks that passed here."""
+
+    def __init__(self, poller: _Poller) -> None:
+        self.poller = poller
+        # (grid point of the sends, result sink, [(probe, plan, conn, sent, start, t0)])
+        self.batches: deque[tuple[int, Callable[[list], None], list]] = deque()
+        self.fast = 0
+
+    def start(self, probes: list, sink: Callable[[list], None]) -> None:
+        poller = self.poller
+        k = poller.ticker.current
+        if self.batches:
+            self.read(k)  # answers to the last tick's requests first: fewer idle events below
+        if poller.harvested != k:
+            poller.harvest()  # news from idle connections (a close, stray bytes) before using them
+        idle = poller.idle
+        now = poller.loop.time()
+        t0 = time.perf_counter()
+        clock = time.time
+        flying = []
+        for p in probes:
+            plan = p.launch
+            try:
+                conn = plan.conn
+                if conn is None or now - plan.conn_born >= _REUSE_MAX_AGE or plan.closed:
+                    plan(p.timing.timeout, p.on_done)  # a new connection: the general path
+                    continue
+                plan.conn = None
+                del idle[plan.conn_fd]
+                request = plan.request
+                sent = clock()
+                try:
+                    n = conn.send(request)
+                except OSError:
+                    n = -1
+                if n != len(request):
+                    run = self._general(p, plan, conn, sent, now, t0)
+                    if n < 0:  # dead while idle: the one new connection
+                        run._reconnect()
+                    else:
+                        run.close()
+                        run.fail(_CheckFailed("could not send the request at once"))
+                    continue
+                flying.append((p, plan, conn, sent, now, t0))
+            except Exception as e:  # a bug in a check must not stop the others
+                log.exception("health check of %s crashed", plan.dest)
+                p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+        if flying:
+            self.batches.append((k, sink, flying))
+            poller.ensure_tick()
+
+    def _general(
+        self, p: Any, plan: _TcpPlan, conn: _socket.socket, sent: float, start: float, t0: float
+    ) -> _TcpRun:
+        """The check as a _TcpRun that sent its request on the kept connection at ``sent``."""
+        timeout = p.timing.timeout
+        run = _TcpRun(timeout, start + timeout, p.on_done, plan)
+        run.t0 = t0
+        run.adopt(conn, plan.conn_fd, plan.conn_born)
+        run.sent = sent
+        self.poller.add(run)
+        return run
+
+    def read(self, now_k: int) -> None:
+        """The answers to the requests sent before grid point now_k."""
+        batches, idle, ts_unpack = self.batches, self.poller.idle, _TIMESPEC.unpack_from
+        while batches and batches[0][0] < now_k:
+            _, sink, flying = batches.popleft()
+            results = []
+            for p, plan, conn, sent, start, t0 in flying:
+                try:
+                    try:
+                        chunk, anc, _, _ = conn.recvmsg(16384, _CMSG_TS)
+                    except (BlockingIOError, InterruptedError):
+                        self._general(p, plan, conn, sent, start, t0)._wait(_EPOLLIN)
+                        continue
+                    except OSError as e:
+                        self._general(p, plan, conn, sent, start, t0).lost(e)
+                        continue
+                    if chunk and anc and anc[0][1] == _SO_TIMESTAMPNS and len(anc[0][2]) >= 16:
+                        sec, nsec = ts_unpack(anc[0][2])
+                        first = sec + nsec * 1e-9
+                        if first >= sent:
+                            try:
+                                r = _response(chunk, True)
+                            except _CheckFailed:
+                                r = None
+                            if r is not None and r[1] == len(chunk) and r[0] == plan.status:
+                                if plan.conn is None and not plan.closed:  # _TcpPlan.park
+                                    plan.conn = conn
+                                    idle[plan.conn_fd] = plan
+                                else:
+                                    _reset_close(conn)
+                                results.append((p, CheckResult(True, first - sent, None, plan.passed)))
+                                continue
+                    run = self._general(p, plan, conn, sent, start, t0)
+                    if run.take(chunk, anc):
+                        run._read()
+                except Exception as e:  # a bug in a check must not stop the others
+                    log.exception("health check of %s crashed", plan.dest)
+                    p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+            if results:
+                self.fast += len(results)
+                try:
+                    sink(results)
+                except Exception:
+                    log.exception("health check results: callback failed")
 
 
 class _Dead(Exception):
@@ -1206,6 +1352,7 @@ class _TunnelPlan:
         "template",
         "detail",
         "runs",
+        "lane",
     )
 
     def __init__(self, prober: _TunnelProber, spec: CheckSpec, address: IPAddress) -> None:
@@ -1220,6 +1367,7 @@ class _TunnelPlan:
         self.template: _ProbeTemplate | None = None
         self.detail = ""
         self.runs: list[_TunnelRun] = []  # in flight (one at a time under the scheduler)
+        self.lane = prober  # the scheduler's way in (_TunnelProber.start)
 
     def _refresh(self, now: float) -> None:
         prober = self.prober
@@ -1233,7 +1381,7 @@ class _TunnelPlan:
     def __call__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
         prober = self.prober
         now = prober.loop.time()
-        run = _TunnelRun(timeout, now + timeout, done, self)
+        run = _TunnelRun(timeout, now + timeout, done, self, time.perf_counter())
         if now >= self.src_until:  # the first probe, then once a minute
             try:
                 if self.tx is None:
@@ -1279,12 +1427,18 @@ class _TunnelPlan:
 class _TunnelRun(_Run):
     """One tunnel probe in flight: ended by its echo reply, an ICMP error or its deadline."""
 
-    __slots__ = ("plan", "counter", "sent")
+    __slots__ = ("plan", "counter", "sent", "probe")
 
     def __init__(
-        self, timeout: float, deadline: float, done: Callable[[CheckResult], None], plan: _TunnelPlan
+        self,
+        timeout: float,
+        deadline: float,
+        done: Callable[[CheckResult], None],
+        plan: _TunnelPlan,
+        t0: float,
+        probe: Any = None,
     ) -> None:
-        self.t0 = time.perf_counter()  # _Run's fields, without the call (one run per check)
+        self.t0 = t0  # _Run's fields, without the call (one run per check)
         self.timeout = timeout
         self.deadline = deadline
         self.done = done
@@ -1292,6 +1446,7 @@ class _TunnelRun(_Run):
         self.plan = plan
         self.counter = 0
         self.sent = 0.0
+        self.probe = probe  # the scheduler's probe when started by the lane: its echo goes to sink
 
     def end(self) -> None:
         plan = self.plan
@@ -1335,6 +1490,49 @@ class _TunnelProber:
         # counter -> run in flight; (address text, port) -> plans, for ICMP errors
         self.pending: dict[int, _TunnelRun] = {}
         self.by_dest: dict[tuple[str, int], list[_TunnelPlan]] = {}
+        self.sink: Callable[[list], None] | None = None  # the scheduler's, for the lane's runs
+        self.fast = 0  # lane checks passed by an echo reply
+
+    # -- the lane: the steady state, all the probes due at a grid point at once -------------
+
+    def start(self, probes: list, sink: Callable[[list], None]) -> None:
+        """Send the probes of plans whose source address is fresh, in one loop (no call of the
+        plan, the run's deadline booked inline); their echo replies go to sink in batches
+        (_on_answer). The first probe of a plan and one a minute (a new route lookup), and a
+        send that fails, take the general path (_TunnelPlan.__call__)."""
+        self.sink = sink
+        now = self.loop.time()
+        t0 = time.perf_counter()
+        clock = time.time
+        pending, expiring = self.pending, self.poller.expiring
+        for p in probes:
+            plan = p.launch
+            try:
+                timeout = p.timing.timeout
+                if now >= plan.src_until:
+                    plan(timeout, p.on_done)
+                    continue
+                self.counter = c = self.counter + 1
+                run = _TunnelRun(timeout, now + timeout, p.on_done, plan, t0, p)
+                run.counter = c
+                payload = plan.template.build(c)
+                pending[c] = run
+                plan.runs.append(run)
+                run.sent = clock()
+                try:
+                    plan.tx.sendto(payload, plan.dest)
+                except OSError:  # an earlier probe's ICMP error, say: the general path sends again
+                    run.end()
+                    plan(timeout, p.on_done)
+                    continue
+                q = expiring.get(timeout)
+                if q is None:
+                    q = expiring[timeout] = deque()
+                q.append(run)
+            except Exception as e:  # a bug in a check must not stop the others
+                log.exception("health check of %s crashed", plan.dest)
+                p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+        self.poller.ensure_tick()
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -1398,11 +1596,12 @@ class _TunnelProber:
         """Drains the raw socket: every echo reply that is there, one recvmsg each."""
         ident, head, pending = self.ident_bytes, self.token_head, self.pending
         recvmsg = s.recvmsg
+        results = []  # the lane's runs that passed
         while True:
             try:
                 data, anc, _, addr = recvmsg(2048, _CMSG_TS)
             except OSError:  # BlockingIOError: drained
-                return
+                break
             off = (data[0] & 0x0F) * 4 if v4 else 0  # a raw IPv4 socket gives the IP header too
             # ours: 8 bytes of ICMP header (our identifier) + token (20 bytes)
             if len(data) - off != 28 or data[off + 8 : off + 20] != head or data[off + 4 : off + 6] != ident:
@@ -1421,7 +1620,21 @@ class _TunnelProber:
                 if typ == _SO_TIMESTAMPNS and len(ts) >= 16:
                     sec, nsec = _TIMESPEC.unpack_from(ts)
                     at = sec + nsec * 1e-9
-            run.answered(at)
+            if run.probe is None:
+                run.answered(at)
+                continue
+            run.plan.runs.remove(run)  # answered() written out, the result batched
+            run.finished = True
+            latency = at - run.sent if at is not None else -1.0
+            if latency < 0:
+                latency = time.perf_counter() - run.t0
+            results.append((run.probe, CheckResult(True, latency, None, run.plan.detail)))
+        if results and self.sink is not None:
+            self.fast += len(results)
+            try:
+                self.sink(results)
+            except Exception:
+                log.exception("health check results: callback failed")
 
     def _on_error(self, s: socket.socket) -> None:
         while True:

@@ -31,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 from healthcheck.checks import DEFAULT_TICK, Checker, CheckResult
 from healthcheck.config import CheckSpec, Target, Timing
@@ -129,10 +131,11 @@ class ProbeState:
     active: bool = True  # False once no target lists it
     running: bool = False  # a check is in flight
     due: float = 0.0  # loop time of the next start
-    # made once per probe: the checker's starter (timeout, done) and the scheduler's callbacks
+    # made once per probe: the checker's starter (timeout, done), the scheduler's result
+    # callback, and the checker's lane for this kind of check if it has one (module notes)
     launch: Callable[[float, Callable[[CheckResult], None]], None] | None = field(default=None, repr=False)
-    on_start: Callable[[], None] | None = field(default=None, repr=False)
     on_done: Callable[[CheckResult], None] | None = field(default=None, repr=False)
+    lane: Any = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -190,6 +193,10 @@ class HealthChecker:
         self._random = self._rng.random
         self._loop_time: Callable[[], float] = time.monotonic  # the loop's, from set_targets on
         self._at: Callable[[float, Callable[[], None]], None] = lambda when, cb: None
+        self._ticker: Any = None
+        self._grid = tick  # the ticker's tick, from set_targets on
+        # grid point -> the probes that start then (one ticker callback per grid point)
+        self._buckets: dict[int, list[ProbeState]] = {}
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -198,8 +205,8 @@ class HealthChecker:
         if self._stopped:
             raise RuntimeError("HealthChecker is stopped")
         loop = asyncio.get_running_loop()
-        ticker = self.checker.ticker  # bound once: every start and result uses both
-        self._loop_time, self._at = ticker.loop.time, ticker.at
+        ticker = self._ticker = self.checker.ticker  # bound once: every start and result uses them
+        self._loop_time, self._at, self._grid = ticker.loop.time, ticker.at, ticker.tick
         new: dict[Hashable, Target] = {}
         for t in targets:
             if t.key in new:
@@ -235,10 +242,10 @@ class HealthChecker:
             p = self._probes[pk] = ProbeState(t.address, spec, t.timing)
             prepare = getattr(self.checker, "prepare", None)  # a stand-in checker may lack it
             p.launch = prepare(spec, t.address) if prepare else partial(self.checker.start, spec, t.address)
-            p.on_start = partial(self._start, p)
+            p.lane = getattr(p.launch, "lane", None)
             p.on_done = partial(self._done, p)
             p.due = loop.time() + self._rng.uniform(0.0, t.timing.interval * t.timing.jitter)
-            self.checker.ticker.at(p.due, p.on_start)
+            self._book(p, math.floor(loop.time() / self._grid) + 1)
         p.targets.add(key)
         return p
 
@@ -252,36 +259,105 @@ class HealthChecker:
                 close()
 
     # -- running ---------------------------------------------------------------------------
-    # No task per probe: the ticker calls _start at the probe's due grid point (every check
-    # due then starts in the same loop iteration, one wake-up), the checker calls _done with
-    # the result, and _done books the next start: interval after this start, ± jitter.
+    # No task per probe: each probe waits in the bucket of the grid point at which it is due;
+    # the ticker calls _walk once per grid point (every check due then starts in the same loop
+    # iteration, one wake-up). Checks with a lane (kept http connections, tunnel probes) are
+    # handed to it together, the others start one by one. Results come back to _results, in
+    # batches from the lanes, one at a time (_done) from the other checks and the lanes'
+    # general path; _results books the next start: interval after this start, ± jitter.
 
-    def _start(self, p: ProbeState) -> None:
-        if not p.active or self._stopped:
+    def _book(self, p: ProbeState, first: int) -> None:
+        """Put p in the bucket of the first grid point >= p.due, and not before ``first``."""
+        k = math.ceil(p.due / self._grid - 1e-6)
+        if k < first:
+            k = first
+        lst = self._buckets.get(k)
+        if lst is None:
+            self._buckets[k] = [p]
+            self._at(k * self._grid, partial(self._walk, k))
+        else:
+            lst.append(p)
+
+    def _walk(self, k: int) -> None:
+        probes = self._buckets.pop(k, None)
+        if not probes or self._stopped:
             return
-        p.running = True
-        p.due = self._loop_time()
-        try:
-            p.launch(p.timing.timeout, p.on_done)  # type: ignore[misc]
-        except Exception as e:  # a bug in a check must not stop the others
-            log.exception("health check %s crashed", p.name)
-            self._done(p, CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+        now = self._loop_time()
+        lanes: dict[Any, list[ProbeState]] | None = None
+        for p in probes:
+            if not p.active:
+                continue
+            p.running = True
+            p.due = now
+            lane = p.lane
+            if lane is not None:
+                if lanes is None:
+                    lanes = {lane: [p]}
+                elif lane in lanes:
+                    lanes[lane].append(p)
+                else:
+                    lanes[lane] = [p]
+                continue
+            try:
+                p.launch(p.timing.timeout, p.on_done)  # type: ignore[misc]
+            except Exception as e:  # a bug in a check must not stop the others
+                log.exception("health check %s crashed", p.name)
+                self._done(p, CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+        if lanes is not None:
+            for lane, ps in lanes.items():
+                lane.start(ps, self._results)  # a lane guards each of its checks itself
 
     def _done(self, p: ProbeState, result: CheckResult) -> None:
-        if not p.running:
+        self._results(((p, result),))
+
+    def _results(self, results: Iterable[tuple[ProbeState, CheckResult]]) -> None:
+        """Results of checks (a lane's batch, or one): statistics, verdicts, the next start."""
+        if self._stopped:
+            for p, _ in results:
+                p.running = False
             return
-        p.running = False
-        if not p.active or self._stopped:
-            return
-        if result.ok is p.up and self.on_result is None:  # the usual: no news (_record's fast path)
-            p.stats.add(result)
-            p.last = result
-            p.streak = 0
-        else:
-            self._record(p, result)
-        t = p.timing
-        p.due += t.interval * (1 - t.jitter + 2 * t.jitter * self._random())  # uniform(1 ± jitter)
-        self._at(p.due, p.on_start)  # type: ignore[arg-type]
+        tick, buckets, rnd, on_result = self._grid, self._buckets, self._random, self.on_result
+        first = math.floor(self._loop_time() / tick) + 1
+        current = self._ticker.current + 1 if self._ticker is not None else first
+        if current > first:
+            first = current
+        for p, r in results:
+            if not p.running:
+                continue
+            p.running = False
+            if not p.active:
+                continue
+            if r.ok is p.up and on_result is None:
+                # the usual: no news; CheckStats.add and _record written out (no calls)
+                s = p.stats
+                s.checks += 1
+                if not r.ok:
+                    s.failures += 1
+                lat = r.latency
+                s.latency_sum += lat
+                s.latency_last = lat
+                if lat < s.latency_min:
+                    s.latency_min = lat
+                if lat > s.latency_max:
+                    s.latency_max = lat
+                s.buckets[bisect.bisect_left(LATENCY_BUCKETS, lat)] += 1
+                p.last = r
+                p.streak = 0
+            else:
+                self._record(p, r)
+                if self._stopped:  # a callback stopped the checker
+                    return
+            t = p.timing
+            p.due += t.interval * (1 - t.jitter + 2 * t.jitter * rnd())  # uniform(1 ± jitter)
+            k = math.ceil(p.due / tick - 1e-6)
+            if k < first:
+                k = first
+            lst = buckets.get(k)
+            if lst is None:
+                buckets[k] = [p]
+                self._at(k * tick, partial(self._walk, k))
+            else:
+                lst.append(p)
 
     def _record(self, p: ProbeState, r: CheckResult) -> None:
         p.stats.add(r)
@@ -400,6 +476,7 @@ class HealthChecker:
         for p in self._probes.values():
             p.active = False
         self._probes.clear()
+        self._buckets.clear()
         self._targets.clear()
         for q in self._queues:
             q.put_nowait(None)
