@@ -1744,6 +1744,14 @@ class Checker:
             self._tunnel = _TunnelProber(self.ticker.loop, self.poller)
         return _TunnelPlan(self._tunnel, spec, address)
 
+    def fast_passes(self) -> dict[str, int]:
+        """How many checks passed on the steady-state fast path of the scheduler's lanes (kept
+        http connections, tunnel probes) so far: ``{"http": n, "tunnel": n}`` (a diagnostic)."""
+        return {
+            "http": self._poller.http_lane.fast if self._poller is not None else 0,
+            "tunnel": self._tunnel.fast if self._tunnel is not None else 0,
+        }
+
     def start(
         self, spec: CheckSpec, address: IPAddress, timeout: float, done: Callable[[CheckResult], None]
     ) -> None:

@@ -154,3 +154,101 @@ def test_gue_check_from_outside_allow_fails(pair):
         assert r[("tcp", a)]["ok"]
         gue = r[("gue", a)]
         assert not gue["ok"] and gue["error"].startswith("timeout: no echo reply through the tunnel"), gue
+
+
+# A HealthChecker on the GUE checks of both backend addresses (tick 10 ms); a line "report" on
+# stdin prints the tunnel fast-path count, each probe's statistics and the verdicts so far.
+SCHEDULER_SCRIPT = r"""
+import asyncio, ipaddress, json, sys, uvloop
+from healthcheck import CheckSpec, HealthChecker, Target, Timing
+
+async def main():
+    loop = asyncio.get_running_loop()
+    verdicts = []
+    hc = HealthChecker(on_change=lambda v: verdicts.append(
+        {"key": v.key, "healthy": v.healthy, "reason": v.reason}), tick=0.01)
+    timing = Timing(interval=0.03, timeout=0.5, rise=2, fall=2, jitter=0.0)
+    hc.set_targets([Target(a, ipaddress.ip_address(a), (CheckSpec("gue", 19523),), timing)
+                    for a in json.loads(sys.argv[1])])
+    done = asyncio.Event()
+    def on_stdin():
+        line = sys.stdin.readline()
+        if not line:
+            done.set()
+            return
+        probes = [{"checks": p.stats.checks, "failures": p.stats.failures, "buckets": p.stats.buckets,
+                   "min": p.stats.latency_min, "max": p.stats.latency_max} for p in hc.probes()]
+        print(json.dumps({"fast": hc.checker.fast_passes()["tunnel"], "probes": probes,
+                          "verdicts": verdicts}), flush=True)
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    await done.wait()
+    await hc.stop()
+
+uvloop.run(main())
+"""
+
+
+def test_gue_fast_path_in_the_scheduler(pair):
+    """Scheduled GUE checks: the passes come through the tunnel lane (all but each probe's
+    first), fwd-redirect detached mid-stream makes them fail with the port-unreachable reason
+    (down after fall 2), attached again up after rise 2; statistics and histogram add up."""
+    chk, be = pair
+    redirect(be, "attach", "--interface", "eth0", "--allow", f"{CHK4}/32", "--allow", f"{CHK6}/128")
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", chk, sys.executable, "-c", SCHEDULER_SCRIPT, json.dumps([BE4, BE6])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tp.REPO,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def report() -> dict:
+        proc.stdin.write("report\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    def wait_for(pred) -> dict:
+        deadline = time.monotonic() + 30  # a guard against hanging, not a timing assertion
+        while True:
+            r = report()
+            if pred(r):
+                return r
+            assert time.monotonic() < deadline, r
+            time.sleep(0.05)
+
+    def states(r: dict) -> dict[str, list[bool]]:
+        out: dict[str, list[bool]] = {BE4: [], BE6: []}
+        for v in r["verdicts"]:
+            out[v["key"]].append(v["healthy"])
+        return out
+
+    try:
+        r = wait_for(lambda r: len(r["probes"]) == 2 and all(p["checks"] >= 20 for p in r["probes"]))
+        assert states(r) == {BE4: [True], BE6: [True]}, r
+        assert all(p["failures"] == 0 for p in r["probes"]), r
+        total = sum(p["checks"] for p in r["probes"])
+        assert total - 2 <= r["fast"] <= total, r  # each probe's first check is the general path
+
+        redirect(be, "detach", "--interface", "eth0")
+        r = wait_for(lambda r: states(r) == {BE4: [True, False], BE6: [True, False]})
+        downs = [v for v in r["verdicts"] if not v["healthy"]]
+        assert all("port unreachable" in v["reason"] and "fall 2" in v["reason"] for v in downs), downs
+
+        redirect(be, "attach", "--interface", "eth0", "--allow", f"{CHK4}/32", "--allow", f"{CHK6}/128")
+        fast = r["fast"]
+        r = wait_for(lambda r: states(r) == {BE4: [True, False, True], BE6: [True, False, True]})
+        ups = r["verdicts"][-2:]
+        assert all("rise 2" in v["reason"] for v in ups), ups
+        r = wait_for(lambda r: r["fast"] >= fast + 10)  # back on the fast path
+        for p in r["probes"]:
+            assert p["failures"] >= 2
+            assert sum(p["buckets"]) == p["checks"], p
+            assert 0 <= p["min"] <= p["max"], p
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
