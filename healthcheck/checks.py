@@ -96,6 +96,23 @@ timeout. No tick runs while no check is in flight. HTTPS uses asyncio's TLS
 transport on the loop (a TLS handshake costs far more than a wake-up), a task per check; its
 kept connection follows the same rules (a close or stray bytes while idle are seen by the
 protocol, ``_TlsProbe``).
+
+The steady state (lanes)
+------------------------
+Most checks, once running, are an http GET on a kept connection answered by one complete
+response with the expected status, or a tunnel probe answered by its echo reply. For those the
+per-check Python (a run object, callbacks, a booking on the tick grid) cost more than the
+system calls, so the scheduler hands all the probes due at a grid point to the checker's
+*lane* for their kind (``_HttpLane``, ``_TunnelProber.start``), which sends them in one loop
+with the state it needs taken straight from the plan; the answers are read in one loop per
+tick (the http lane reads its connections first thing at the next tick, before the epoll
+harvest), and the passes go back to the scheduler as one batch. Whatever is not that usual
+case — no kept connection yet or a 30 s old one, the first tunnel probe of a plan and one a
+minute (route lookup), a send that fails, no answer by the next tick, part of one, another
+status, ``Connection: close``, a close, bytes from before the request, ICMP errors, timeouts —
+continues in the general code from where the lane stopped (a ``_TcpRun`` adopting the kept
+connection with its request already sent; the tunnel run is the general one), so its outcome
+is exactly the general one. ``Checker.fast_passes()`` counts the checks that passed on a lane.
 """
 
 from __future__ import annotations
@@ -151,6 +168,7 @@ _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 _TCPI_RTT_OFFSET = 68  # struct tcp_info: 8 bytes of u8 fields, then u32 rto ... rcv_ssthresh, rtt
 _TCP_ESTABLISHED, _TCP_SYN_SENT, _TCP_CLOSE_WAIT = 1, 2, 8  # tcpi_state, the first byte
 _U32 = struct.Struct("I")
+_U64 = struct.Struct("!Q")
 _TIMESPEC = struct.Struct("qq")
 _SOCK_STREAM_NONBLOCK = socket.SOCK_STREAM | _SOCK_NONBLOCK
 _ICMP_ECHO_REPLY, _ICMP_ECHO = 0, 8
@@ -1604,9 +1622,11 @@ class _TunnelProber:
                 break
             off = (data[0] & 0x0F) * 4 if v4 else 0  # a raw IPv4 socket gives the IP header too
             # ours: 8 bytes of ICMP header (our identifier) + token (20 bytes)
-            if len(data) - off != 28 or data[off + 8 : off + 20] != head or data[off + 4 : off + 6] != ident:
+            if len(data) != off + 28 or not data.startswith(head, off + 8):
                 continue
-            c = int.from_bytes(data[off + 20 : off + 28], "big")
+            if not data.startswith(ident, off + 4):
+                continue
+            c = _U64.unpack_from(data, off + 20)[0]
             run = pending.get(c)
             if run is None:
                 continue  # a duplicate, or too late

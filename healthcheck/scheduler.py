@@ -1,11 +1,14 @@
 """Scheduling checks and turning their results into verdicts.
 
 :class:`HealthChecker` runs on the daemon's event loop (uvloop) with no task and no thread per
-check: a *probe* (one check spec of one address with one timing) is a small record whose next
-start is booked on the checker's tick grid (50 ms), so all the checks due in a tick start in one
-loop iteration, and results come back as callbacks (healthcheck/checks.py). Targets that share
-an identical probe (the same backend listed in two tables with the same checks) share its runs
-and its state.
+check: a *probe* (one check spec of one address with one timing) is a small record that waits
+for its next start in the bucket of a grid point of the checker's tick (50 ms); one ticker
+callback per grid point starts every check due then, in one loop iteration. Checks that have a
+*lane* in the checker (http on a kept connection, the tunnel probes: healthcheck/checks.py) are
+handed to it together, and their passes come back in batches; the others start one by one and
+report through a callback. A result that changes nothing (same state as the probe, no
+``on_result``) only updates the statistics, in place. Targets that share an identical probe
+(the same backend listed in two tables with the same checks) share its runs and its state.
 
 Per probe (each check on its own, like HAProxy's and GLB's):
 
@@ -131,6 +134,9 @@ class ProbeState:
     active: bool = True  # False once no target lists it
     running: bool = False  # a check is in flight
     due: float = 0.0  # loop time of the next start
+    # the next start is step + spread * random() after this one: interval * (1 ± jitter)
+    step: float = field(default=0.0, repr=False)
+    spread: float = field(default=0.0, repr=False)
     # made once per probe: the checker's starter (timeout, done), the scheduler's result
     # callback, and the checker's lane for this kind of check if it has one (module notes)
     launch: Callable[[float, Callable[[CheckResult], None]], None] | None = field(default=None, repr=False)
@@ -243,6 +249,8 @@ class HealthChecker:
             prepare = getattr(self.checker, "prepare", None)  # a stand-in checker may lack it
             p.launch = prepare(spec, t.address) if prepare else partial(self.checker.start, spec, t.address)
             p.lane = getattr(p.launch, "lane", None)
+            p.step = t.timing.interval * (1 - t.timing.jitter)
+            p.spread = 2 * t.timing.interval * t.timing.jitter
             p.on_done = partial(self._done, p)
             p.due = loop.time() + self._rng.uniform(0.0, t.timing.interval * t.timing.jitter)
             self._book(p, math.floor(loop.time() / self._grid) + 1)
@@ -347,8 +355,7 @@ class HealthChecker:
                 self._record(p, r)
                 if self._stopped:  # a callback stopped the checker
                     return
-            t = p.timing
-            p.due += t.interval * (1 - t.jitter + 2 * t.jitter * rnd())  # uniform(1 ± jitter)
+            p.due += p.step + p.spread * rnd()  # interval * uniform(1 ± jitter)
             k = math.ceil(p.due / tick - 1e-6)
             if k < first:
                 k = first
