@@ -483,6 +483,9 @@ class _Poller:
     def close(self) -> None:
         for plan in tuple(self.keeping):
             plan.close()
+        for _, _, flying in self.http_lane.batches:  # requests of the last tick, unread
+            for entry in flying:
+                _reset_close(entry[2])
         self.http_lane.batches.clear()
         self.expiring.clear()
         self.pokes.clear()
