@@ -313,7 +313,12 @@ class HealthChecker:
                 self._done(p, CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
         if lanes is not None:
             for lane, ps in lanes.items():
-                lane.start(ps, self._results)  # a lane guards each of its checks itself
+                try:
+                    lane.start(ps, self._results)  # a lane guards each of its checks itself
+                except Exception as e:  # a bug in the lane itself: fail its checks, keep going
+                    log.exception("health check lane %s crashed", type(lane).__name__)
+                    err = CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}")
+                    self._results([(p, err) for p in ps])
 
     def _done(self, p: ProbeState, result: CheckResult) -> None:
         self._results(((p, result),))

@@ -190,3 +190,44 @@ def test_connection_closed_as_the_request_arrives_one_reconnect():
     # each close costs its check the fast path (the retried request is not counted as a check)
     assert stats.checks - closes - 1 <= fast["http"] <= stats.checks - closes
     assert_stats_add_up(stats)
+
+
+def test_a_crashing_lane_fails_its_checks_and_the_rest_goes_on():
+    """A bug that makes the http lane raise (injected: its start raises for a while) fails the
+    checks it was handed with an internal error, so the backend goes down after fall, and is
+    checked again afterwards (not left running forever): up again after rise."""
+    changes: list[Verdict] = []
+    server = Server(lambda n: OK)
+    t = Timing(interval=0.02, timeout=0.5, rise=2, fall=2, jitter=0.0)
+
+    async def go() -> None:
+        hc = HealthChecker(on_change=changes.append, tick=0.01)
+        hc.set_targets([Target("b", A, (CheckSpec("http", server.port),), t)])
+        loop = asyncio.get_running_loop()
+
+        async def until(pred) -> None:
+            end = loop.time() + 20
+            while not pred():
+                assert loop.time() < end, changes
+                await asyncio.sleep(0.01)
+
+        await until(lambda: server.requests >= 5)
+        lane = hc.checker.poller.http_lane
+        start = lane.start
+
+        def broken(probes, sink):
+            raise RuntimeError("injected")
+
+        lane.start = broken  # type: ignore[method-assign]
+        await until(lambda: len(changes) >= 2)
+        lane.start = start  # type: ignore[method-assign]
+        await until(lambda: len(changes) >= 3)
+        await hc.stop()
+
+    try:
+        uvloop.run(go())
+    finally:
+        server.close()
+    assert [(v.healthy, v.previous) for v in changes] == [(True, None), (False, True), (True, False)]
+    down = changes[1]
+    assert down.result is not None and down.result.error == "internal error: RuntimeError: injected"
