@@ -96,4 +96,4 @@ example: setup
 	.venv/bin/fwd pcap --config examples/fwd.toml examples/example.pcap /tmp/fwd-example-out.pcap
 
 clean:
-	rm -rf build dist *.egg-info fwd/_fwd_native*.so fwd/_fwd_native.c native/*.o .pytest_cache .ruff_cache
+	rm -rf build dist *.egg-info fwd/_fwd_native*.so fwd/_fwd_native.c healthcheck/_lanes*.so healthcheck/_lanes.c native/*.o .pytest_cache .ruff_cache

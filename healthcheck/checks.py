@@ -106,11 +106,14 @@ system calls, so the scheduler hands all the probes due at a grid point to the c
 *lane* for their kind (``_HttpLane``, ``_TunnelProber.start``), which sends them in one loop
 with the state it needs taken straight from the plan; the answers are read in one loop per
 tick (the http lane reads its connections first thing at the next tick, before the epoll
-harvest), and the passes go back to the scheduler as one batch. Whatever is not that usual
-case — no kept connection yet or a 30 s old one, the first tunnel probe of a plan and one a
-minute (route lookup), a send that fails, no answer by the next tick, part of one, another
-status, ``Connection: close``, a close, bytes from before the request, ICMP errors, timeouts —
-continues in the general code from where the lane stopped (a ``_TcpRun`` adopting the kept
+harvest), and the passes go back to the scheduler as one batch. The http lane's sends, reads,
+framing and timestamps are one C call per tick each (``healthcheck._lanes``, built from
+native/hc/hc_lanes.c — its own small extension, not fwd's packet core); its framer only says
+"the usual answer" when ``_response`` would say so too, and hands everything else back.
+Whatever is not that usual case — no kept connection yet or a 30 s old one, the first tunnel
+probe of a plan and one a minute (route lookup), a send that fails, no answer by the next tick,
+part of one, another status, ``Connection: close``, a close, bytes from before the request, ICMP
+errors, timeouts — continues in the general code from where the lane stopped (a ``_TcpRun`` adopting the kept
 connection with its request already sent; the tunnel run is the general one), so its outcome
 is exactly the general one. ``Checker.fast_passes()`` counts the checks that passed on a lane.
 """
@@ -137,6 +140,8 @@ from functools import lru_cache, partial
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from healthcheck._lanes import ffi as _ffi
+from healthcheck._lanes import lib as _lib
 from healthcheck.config import CheckSpec
 
 if TYPE_CHECKING:
@@ -483,8 +488,8 @@ class _Poller:
     def close(self) -> None:
         for plan in tuple(self.keeping):
             plan.close()
-        for _, _, flying in self.http_lane.batches:  # requests of the last tick, unread
-            for entry in flying:
+        for batch in self.http_lane.batches:  # requests of the last tick, unread
+            for entry in batch[2]:
                 _reset_close(entry[2])
         self.http_lane.batches.clear()
         self.expiring.clear()
@@ -664,7 +669,7 @@ class _TcpPlan:
 
     __slots__ = (
         "poller", "spec", "family", "dest", "bind", "http", "request", "status", "passed", "reuse",
-        "conn", "conn_fd", "conn_born", "closed", "lane", "__weakref__",
+        "conn", "conn_fd", "conn_born", "closed", "lane", "slot", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, poller: _Poller, spec: CheckSpec, address: IPAddress) -> None:
@@ -683,8 +688,10 @@ class _TcpPlan:
         self.conn_born = 0.0  # loop time it was opened
         self.closed = False
         self.lane = poller.http_lane if self.reuse else None  # the scheduler's way in (_HttpLane)
+        self.slot = -1  # the lane's C slot: request and expected status
         if self.reuse:
             poller.keeping.add(self)  # Checker.close closes what is kept
+            self.slot = poller.http_lane.slot(self)
 
     def __call__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
         poller = self.poller
@@ -968,21 +975,34 @@ class _HttpLane:
     """The steady state of http checks on kept connections, all the checks of a tick at once.
 
     The scheduler hands it the probes due at a grid point (``start``); for each whose plan
-    keeps a connection younger than 30 s it sends the request right there, and at the next
-    tick (``read``) reads the answer: one complete response with the expected status, nothing
+    keeps a connection younger than 30 s the request is sent right there, and at the next
+    tick (``read``) the answer is read: one complete response with the expected status, nothing
     after it, arrived after the request — the usual case — is a passed check, handed to the
     scheduler with the others of that tick in one batch; the connection goes back to idle.
-    No run object, no per-check callback. Everything else (no kept connection, a failed or
-    short send, no answer yet, a part of one, another status, the server's close, bytes from
-    before the request, ``Connection: close`` ...) goes on in the general code (_TcpPlan /
-    _TcpRun) from where the lane stopped, so its outcome is exactly the general one.
-    ``fast`` counts the checks that passed here."""
+    The sends, the reads, the framing and the timestamps of a tick are one C call each
+    (native/hc/hc_lanes.c: a slot per plan holds its request and expected status); no run
+    object, no per-check callback. Everything else (no kept connection, a failed or short
+    send, no answer yet, a part of one, another status, the server's close, bytes from before
+    the request, ``Connection: close`` ...) goes on in the general code (_TcpPlan / _TcpRun)
+    from where the lane stopped, with the bytes the lane read, so its outcome is exactly the
+    general one. ``fast`` counts the checks that passed here."""
 
     def __init__(self, poller: _Poller) -> None:
         self.poller = poller
-        # (grid point of the sends, result sink, [(probe, plan, conn, sent, start, t0)])
-        self.batches: deque[tuple[int, Callable[[list], None], list]] = deque()
+        self.c = _ffi.gc(_lib.hc_http_new(), _lib.hc_http_free)
+        if self.c == _ffi.NULL:
+            raise MemoryError("hc_http_new")
+        # (grid point of the sends, result sink, [(probe, plan, conn)], slots, fds, start, t0)
+        self.batches: deque[tuple[int, Callable[[list], None], list, Any, Any, float, float]] = deque()
         self.fast = 0
+
+    def slot(self, plan: _TcpPlan) -> int:
+        """A C slot for plan, given back when plan goes (the finalizer keeps the lane alive)."""
+        i = _lib.hc_http_slot(self.c, plan.request, len(plan.request), plan.status)
+        if i < 0:
+            raise MemoryError("hc_http_slot")
+        weakref.finalize(plan, _lib.hc_http_release, self.c, i)
+        return i
 
     def start(self, probes: list, sink: Callable[[list], None]) -> None:
         poller = self.poller
@@ -994,8 +1014,7 @@ class _HttpLane:
         idle = poller.idle
         now = poller.loop.time()
         t0 = time.perf_counter()
-        clock = time.time
-        flying = []
+        flying, slots, fds = [], [], []
         for p in probes:
             plan = p.launch
             try:
@@ -1004,85 +1023,124 @@ class _HttpLane:
                     plan(p.timing.timeout, p.on_done)  # a new connection: the general path
                     continue
                 plan.conn = None
-                del idle[plan.conn_fd]
-                request = plan.request
-                sent = clock()
+                fd = plan.conn_fd
+                del idle[fd]
+                flying.append((p, plan, conn))
+                slots.append(plan.slot)
+                fds.append(fd)
+            except Exception as e:  # a bug in a check must not stop the others
+                log.exception("health check of %s crashed", plan.dest)
+                p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+        if not flying:
+            return
+        n = len(flying)
+        c_slots, c_fds = _ffi.new("int[]", slots), _ffi.new("int[]", fds)
+        codes, details = _ffi.new("int[]", n), _ffi.new("struct hc_detail[]", n)
+        if _lib.hc_http_send(self.c, c_slots, c_fds, n, codes, details):
+            sent_ok = []
+            for entry, code in zip(flying, _ffi.unpack(codes, n), strict=True):
+                if code == _lib.HC_PASS:
+                    sent_ok.append(entry)
+                    continue
+                p, plan, conn = entry
                 try:
-                    n = conn.send(request)
-                except OSError:
-                    n = -1
-                if n != len(request):
-                    run = self._general(p, plan, conn, sent, now, t0)
-                    if n < 0:  # dead while idle: the one new connection
+                    run = self._general(p, plan, conn, now, t0)
+                    if code == _lib.HC_ERROR:  # dead while idle: the one new connection
                         run._reconnect()
                     else:
                         run.close()
                         run.fail(_CheckFailed("could not send the request at once"))
-                    continue
-                flying.append((p, plan, conn, sent, now, t0))
-            except Exception as e:  # a bug in a check must not stop the others
-                log.exception("health check of %s crashed", plan.dest)
-                p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
-        if flying:
-            self.batches.append((k, sink, flying))
-            poller.ensure_tick()
+                except Exception as e:  # a bug in a check must not stop the others
+                    log.exception("health check of %s crashed", plan.dest)
+                    p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+            if not sent_ok:
+                return
+            flying = sent_ok
+            c_slots = _ffi.new("int[]", [e[1].slot for e in flying])
+            c_fds = _ffi.new("int[]", [e[1].conn_fd for e in flying])
+        self.batches.append((k, sink, flying, c_slots, c_fds, now, t0))
+        poller.ensure_tick()
 
-    def _general(
-        self, p: Any, plan: _TcpPlan, conn: _socket.socket, sent: float, start: float, t0: float
-    ) -> _TcpRun:
-        """The check as a _TcpRun that sent its request on the kept connection at ``sent``."""
+    def _general(self, p: Any, plan: _TcpPlan, conn: _socket.socket, start: float, t0: float) -> _TcpRun:
+        """The check as a _TcpRun that sent its request on the kept connection (when: the slot's)."""
         timeout = p.timing.timeout
         run = _TcpRun(timeout, start + timeout, p.on_done, plan)
         run.t0 = t0
         run.adopt(conn, plan.conn_fd, plan.conn_born)
-        run.sent = sent
+        run.sent = _lib.hc_http_sent(self.c, plan.slot) * 1e-9
         self.poller.add(run)
         return run
 
     def read(self, now_k: int) -> None:
         """The answers to the requests sent before grid point now_k."""
-        batches, idle, ts_unpack = self.batches, self.poller.idle, _TIMESPEC.unpack_from
+        batches, idle, c = self.batches, self.poller.idle, self.c
         while batches and batches[0][0] < now_k:
-            _, sink, flying = batches.popleft()
+            _, sink, flying, c_slots, c_fds, start, t0 = batches.popleft()
+            n = len(flying)
+            codes, latency = _ffi.new("int[]", n), _ffi.new("double[]", n)
+            details = _ffi.new("struct hc_detail[]", n)
+            unusual = _lib.hc_http_read(c, c_slots, c_fds, n, codes, latency, details)
             results = []
-            for p, plan, conn, sent, start, t0 in flying:
-                try:
+            if not unusual:
+                for (p, plan, conn), lat in zip(flying, _ffi.unpack(latency, n), strict=True):
+                    if plan.conn is None and not plan.closed:  # _TcpPlan.park
+                        plan.conn = conn
+                        idle[plan.conn_fd] = plan
+                    else:
+                        _reset_close(conn)
+                    results.append((p, CheckResult(True, lat, None, plan.passed)))
+            else:
+                lats, others = _ffi.unpack(latency, n), []
+                for i, code in enumerate(_ffi.unpack(codes, n)):
+                    p, plan, conn = flying[i]
+                    if code == _lib.HC_PASS:
+                        if plan.conn is None and not plan.closed:
+                            plan.conn = conn
+                            idle[plan.conn_fd] = plan
+                        else:
+                            _reset_close(conn)
+                        results.append((p, CheckResult(True, lats[i], None, plan.passed)))
+                    else:  # what the C read saw, copied before any Python runs
+                        d = details[i]
+                        chunk = _ffi.buffer(_lib.hc_http_spill(c) + d.off, d.len)[:] if d.len else b""
+                        others.append((flying[i], code, d.err, chunk, d.ts_ns))
+                for (p, plan, conn), code, err, chunk, ts in others:
                     try:
-                        chunk, anc, _, _ = conn.recvmsg(16384, _CMSG_TS)
-                    except (BlockingIOError, InterruptedError):
-                        self._general(p, plan, conn, sent, start, t0)._wait(_EPOLLIN)
-                        continue
-                    except OSError as e:
-                        self._general(p, plan, conn, sent, start, t0).lost(e)
-                        continue
-                    if chunk and anc and anc[0][1] == _SO_TIMESTAMPNS and len(anc[0][2]) >= 16:
-                        sec, nsec = ts_unpack(anc[0][2])
-                        first = sec + nsec * 1e-9
-                        if first >= sent:
-                            try:
-                                r = _response(chunk, True)
-                            except _CheckFailed:
-                                r = None
-                            if r is not None and r[1] == len(chunk) and r[0] == plan.status:
-                                if plan.conn is None and not plan.closed:  # _TcpPlan.park
-                                    plan.conn = conn
-                                    idle[plan.conn_fd] = plan
-                                else:
-                                    _reset_close(conn)
-                                results.append((p, CheckResult(True, first - sent, None, plan.passed)))
-                                continue
-                    run = self._general(p, plan, conn, sent, start, t0)
-                    if run.take(chunk, anc):
-                        run._read()
-                except Exception as e:  # a bug in a check must not stop the others
-                    log.exception("health check of %s crashed", plan.dest)
-                    p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+                        self._unusual(p, plan, conn, start, t0, code, err, chunk, ts)
+                    except Exception as e:  # a bug in a check must not stop the others
+                        log.exception("health check of %s crashed", plan.dest)
+                        p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
             if results:
                 self.fast += len(results)
                 try:
                     sink(results)
                 except Exception:
                     log.exception("health check results: callback failed")
+
+    def _unusual(
+        self,
+        p: Any,
+        plan: _TcpPlan,
+        conn: _socket.socket,
+        start: float,
+        t0: float,
+        code: int,
+        err: int,
+        chunk: bytes,
+        ts: int,
+    ) -> None:
+        """Not the usual answer: the general code goes on from what the C read saw (no bytes
+        yet, a failed read, or the bytes of one read with their kernel timestamp)."""
+        run = self._general(p, plan, conn, start, t0)
+        if code == _lib.HC_AGAIN:
+            run._wait(_EPOLLIN)
+            return
+        if code == _lib.HC_ERROR:
+            run.lost(OSError(err, os.strerror(err)))
+            return
+        anc = [(socket.SOL_SOCKET, _SO_TIMESTAMPNS, _TIMESPEC.pack(*divmod(ts, 1_000_000_000)))] if ts else []
+        if run.take(chunk, anc):
+            run._read()
 
 
 class _Dead(Exception):

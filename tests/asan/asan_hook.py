@@ -1,4 +1,5 @@
-"""Make `import fwd._fwd_native` load the sanitizer build, and check that it did (`make test-asan`).
+"""Make `import fwd._fwd_native` (and healthcheck._lanes) load the sanitizer build, and check that
+it did (`make test-asan`).
 
 tests/asan/build_asan.py copies this file into build/asan/venv, whose .pth calls install() at every
 interpreter start, so the pytest process and the fwd subprocesses it runs all get the ASan+UBSan
@@ -14,28 +15,33 @@ import sys
 from pathlib import Path
 
 MODULE = "fwd._fwd_native"
+LANES = "healthcheck._lanes"  # the health checker's lanes (native/hc), their own extension
 _so: Path | None = None
+_sos: dict[str, Path] = {}
 _guarded = {"batches": 0, "frames": 0}  # what went through guard_frame_tails, for the summary
 
 
 class _SanitizedCore:
-    """A meta path finder that answers for fwd._fwd_native only."""
+    """A meta path finder that answers for the sanitized modules only."""
 
-    def __init__(self, so: Path) -> None:
-        self.so = so
+    def __init__(self, sos: dict[str, Path]) -> None:
+        self.sos = sos
 
     def find_spec(self, name, path=None, target=None):
-        if name != MODULE:
+        so = self.sos.get(name)
+        if so is None:
             return None
-        return importlib.util.spec_from_file_location(name, self.so)
+        return importlib.util.spec_from_file_location(name, so)
 
 
-def install(so: str) -> None:
+def install(so: str, lanes: str) -> None:
     global _so
     _so = Path(so).resolve()
-    if not _so.is_file():
-        raise ImportError(f"asan_hook: {_so} is missing (run tests/asan/build_asan.py)")
-    sys.meta_path.insert(0, _SanitizedCore(_so))
+    _sos.update({MODULE: _so, LANES: Path(lanes).resolve()})
+    for p in _sos.values():
+        if not p.is_file():
+            raise ImportError(f"asan_hook: {p} is missing (run tests/asan/build_asan.py)")
+    sys.meta_path.insert(0, _SanitizedCore(_sos))
 
 
 def _mapped() -> list[str]:
@@ -60,7 +66,12 @@ def check() -> str:
     others = [m for m in maps if "_fwd_native" in m and Path(m) != loaded]
     if others:
         raise RuntimeError(f"another copy of the core is mapped too: {others}")
-    return str(loaded)
+    import healthcheck._lanes as lanes
+
+    lanes_so = Path(lanes.__file__).resolve()
+    if lanes_so != _sos.get(LANES) or b"__asan_report_load" not in lanes_so.read_bytes():
+        raise RuntimeError(f"{LANES} came from {lanes_so}, not the ASan build {_sos.get(LANES)}")
+    return f"{loaded}, {LANES} = {lanes_so}"
 
 
 class _MallocFFI:

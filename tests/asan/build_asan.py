@@ -5,9 +5,11 @@ What this writes, all under build/asan:
 
 * fwd/_fwd_native*.so - the same cffi module (same cdef, same sources) compiled with
   -fsanitize=address,undefined -fno-sanitize-recover=undefined, linked to gcc's libasan/libubsan;
+* healthcheck/_lanes*.so - the health checker's lanes (native/hc) built the same way;
 * venv/ - a tiny virtualenv over .venv's packages whose startup hook (asan_hook.py, copied from
-  tests/asan/) makes every `import fwd._fwd_native` load that .so, also in subprocesses (the CLI
-  tests run bin/fwd next to sys.executable); venv/bin/fwd is the console script for it;
+  tests/asan/) makes every `import fwd._fwd_native` (and healthcheck._lanes) load those, also in
+  subprocesses (the CLI tests run bin/fwd next to sys.executable); venv/bin/fwd is the console
+  script for it;
 * core_smoke - native/tests/core_smoke.c linked with the sanitized core, a pure C run in which
   leak detection works (Python itself leaks at exit, so leaks are not checked inside pytest);
 * env - the environment the runs need (LD_PRELOAD of the matching libasan, *SAN_OPTIONS).
@@ -27,6 +29,7 @@ OUT = ROOT / "build" / "asan"
 sys.path.insert(0, str(ROOT))
 
 from fwd import _build_native as native  # noqa: E402
+from healthcheck import _build_lanes as lanes  # noqa: E402
 
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
 # -O1 + frame pointers: readable stacks in reports; -g: file:line in them.
@@ -70,6 +73,25 @@ def build_extension() -> Path:
     return Path(ffi.compile(tmpdir=str(OUT), verbose=False))
 
 
+def build_lanes() -> Path:
+    from cffi import FFI
+
+    ffi = FFI()
+    ffi.cdef(lanes.api_declarations())
+    ffi.set_source(
+        "healthcheck._lanes",
+        '#include "hc_lanes.h"\n',
+        sources=[str(ROOT / s) for s in lanes.SOURCES],
+        depends=[str(lanes.HC / "hc_lanes.h"), __file__, lanes.__file__],
+        include_dirs=[str(lanes.HC)],
+        extra_compile_args=CFLAGS,
+        extra_link_args=SANITIZE,
+    )
+    os.environ["CC"] = CC
+    os.environ["LDSHARED"] = f"{CC} -shared"
+    return Path(ffi.compile(tmpdir=str(OUT), verbose=False))
+
+
 def build_core_smoke() -> Path:
     exe = OUT / "core_smoke"
     srcs = [ROOT / "native/tests/core_smoke.c"] + [
@@ -82,7 +104,7 @@ def build_core_smoke() -> Path:
     return exe
 
 
-def build_venv(so: Path) -> Path:
+def build_venv(so: Path, lanes_so: Path) -> Path:
     """A venv over .venv's packages with the import hook installed at interpreter start."""
     venv = OUT / "venv"
     py = venv / "bin" / "python"
@@ -99,7 +121,8 @@ def build_venv(so: Path) -> Path:
     main_site = sysconfig.get_path("purelib")  # .venv's, as this script runs under .venv/bin/python
     shutil.copyfile(ROOT / "tests" / "asan" / "asan_hook.py", site / "asan_hook.py")
     (site / "fwd_asan.pth").write_text(
-        f"import site; site.addsitedir({main_site!r}); import asan_hook; asan_hook.install({str(so)!r})\n"
+        f"import site; site.addsitedir({main_site!r}); import asan_hook; "
+        f"asan_hook.install({str(so)!r}, {str(lanes_so)!r})\n"
     )
     fwd = venv / "bin" / "fwd"
     fwd.write_text(f"#!{py}\nimport sys\nfrom fwd.cli import main\nsys.exit(main())\n")
@@ -126,10 +149,11 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     libasan = runtime_library()
     so = build_extension()
+    lanes_so = build_lanes()
     smoke = build_core_smoke()
-    py = build_venv(so)
+    py = build_venv(so, lanes_so)
     env = write_env(libasan)
-    print("build_asan:", ", ".join(str(p.relative_to(ROOT)) for p in (so, smoke, py, env)))
+    print("build_asan:", ", ".join(str(p.relative_to(ROOT)) for p in (so, lanes_so, smoke, py, env)))
 
 
 if __name__ == "__main__":

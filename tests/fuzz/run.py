@@ -2,10 +2,11 @@
 
     python -m tests.fuzz.run [--seconds N] [--only TARGET...]
 
-Targets: core and table (libFuzzer binaries from native/fuzz, built by `make -C native/fuzz`
-into build/fuzz/), config (atheris, tests/fuzz/fuzz_config.py). Each runs from its seeds
-(regenerated into build/fuzz/seeds/), the committed reproducers (tests/fuzz_regressions/) and
-its working corpus kept between runs (build/fuzz/corpus/). Full logs go to build/fuzz/logs/.
+Targets: core, table and hc_http (the health checker's HTTP framer; libFuzzer binaries from
+native/fuzz, built by `make -C native/fuzz` into build/fuzz/), config (atheris,
+tests/fuzz/fuzz_config.py). Each runs from its seeds (regenerated into build/fuzz/seeds/), the
+committed reproducers (tests/fuzz_regressions/) and its working corpus kept between runs
+(build/fuzz/corpus/). Full logs go to build/fuzz/logs/.
 Exit status 1 when any target crashed, timed out or broke an invariant; the reproducer's path is
 printed (libFuzzer writes it to build/fuzz/crashes/TARGET/).
 """
@@ -25,12 +26,21 @@ from tests.fuzz import seeds
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "fuzz"
 REGRESSIONS = ROOT / "tests" / "fuzz_regressions"
-TARGETS = ("core", "table", "config")
+TARGETS = ("core", "table", "config", "hc_http")
 # per-target libFuzzer options: frames up to a jumbo frame; configs up to 16 KiB
-EXTRA = {"core": ["-max_len=9216"], "table": ["-max_len=512"], "config": ["-max_len=16384"]}
+EXTRA = {
+    "core": ["-max_len=9216"],
+    "table": ["-max_len=512"],
+    "config": ["-max_len=16384"],
+    "hc_http": ["-max_len=16385"],  # one recv of an answer (HC_READ_MAX) after the status byte
+}
 DICTS = {"config": ROOT / "tests" / "fuzz" / "config.dict"}
 # the sources each C target is about, for the line coverage figure
-COVERED_SOURCES = {"core": ("core_parse.h", "core_encap.h", "core.c"), "table": ("table.c",)}
+COVERED_SOURCES = {
+    "core": ("core_parse.h", "core_encap.h", "core.c"),
+    "table": ("table.c",),
+    "hc_http": ("hc/hc_lanes.c",),
+}
 
 
 @dataclass
@@ -106,7 +116,7 @@ def line_coverage(target: str) -> str | None:
     for line in report.splitlines():
         cols = line.split()
         # Filename Regions Missed Cover Functions Missed Executed Lines Missed Cover ...
-        if cols and Path(cols[0]).name in COVERED_SOURCES[target] and len(cols) >= 10:
+        if cols and Path(cols[0]).name in {Path(n).name for n in COVERED_SOURCES[target]} and len(cols) >= 10:
             lines, missed = int(cols[7]), int(cols[8])
             out.append(f"{Path(cols[0]).name} {lines - missed}/{lines} ({cols[9]})")
     return ", ".join(out) or None

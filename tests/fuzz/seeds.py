@@ -9,6 +9,8 @@ core:   every golden frame (tests/golden.py), prefixed with the two control byte
         chains, fragments, sizes) under their config's variant.
 table:  a few update sequences: a build, a health flip, a drain, an add and a removal, a reorder.
 config: the golden configs (TOML), examples/fwd.toml and examples/glb-forwarding-table.json.
+hc_http: HTTP_RESPONSES (usual and unusual answers to a health check), each after the byte of
+        native/fuzz/fuzz_hc_http.c that picks the expected status 200.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from tests import golden
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("core", "table", "config")
+TARGETS = ("core", "table", "config", "hc_http")
 
 # fuzz_core.c's VARIANTS: the one that mirrors each golden config.
 CORE_VARIANT = {"golden": 0, "golden_echo": 1, "golden_mac": 1, "golden_v4only": 2, "golden_jumbo": 5}
@@ -101,12 +103,47 @@ def config_seeds() -> list[bytes]:
     return out
 
 
+# Answers a backend may send on a kept connection: usual ones, the framings the Python framer
+# handles (healthcheck.checks._response) and ones that cannot keep the connection.
+HTTP_RESPONSES = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nabcd\r\n0\r\nT: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\nx\n0\n\n",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx",
+    b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nconnection: Keep-Alive, CLOSE\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\n\r\nuntil the close",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 65537\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200",
+    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+    b"SSH-2.0-OpenSSH_9.2\r\n",
+)
+
+
+def hc_http_seeds() -> list[bytes]:
+    return [b"\x00" + r for r in HTTP_RESPONSES]
+
+
 def write(directory: Path) -> dict[str, Path]:
     """Write every target's seeds into directory/<target>/ (named by content); {target: dir}."""
     makers = {
         "core": lambda: core_seeds() + hostile_core_seeds(),
         "table": table_seeds,
         "config": config_seeds,
+        "hc_http": hc_http_seeds,
     }
     dirs = {}
     for target in TARGETS:

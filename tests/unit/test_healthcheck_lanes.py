@@ -1,0 +1,249 @@
+"""The health checker's lanes in C (healthcheck._lanes, native/hc/hc_lanes.c).
+
+The HTTP framer is a predicate: "this one read is exactly one complete response with the
+expected status that keeps the connection". It must never say so when the Python framer
+(healthcheck.checks._response, which the general path uses) does not, and it must say so for the
+usual answers (else the lane is slow, not wrong). The send and read calls are tested on real
+loopback TCP connections: what they hand back to Python (no bytes yet, the bytes and their
+kernel timestamp, end of stream, a reset) is what the general path needs to go on.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import time
+
+import cffi
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from healthcheck._lanes import ffi, lib
+from healthcheck.checks import _SO_TIMESTAMPNS, _CheckFailed, _response
+from tests.fuzz.seeds import HTTP_RESPONSES
+
+STATUSES = (200, 204, 304, 404, 503)
+
+
+def python_passes(buf: bytes, expected: int) -> bool:
+    try:
+        return _response(buf, True) == (expected, len(buf))
+    except _CheckFailed:
+        return False
+
+
+_libc = cffi.FFI()
+_libc.cdef("void *malloc(size_t); void free(void *);")
+_C = _libc.dlopen(None)
+# exactly sized buffers from C malloc: under make test-asan any read past the bytes is a report
+_exact = ffi.new_allocator(alloc=_C.malloc, free=_C.free, should_clear_after_alloc=False)
+
+
+def c_passes(buf: bytes, expected: int) -> bool:
+    copy = _exact("char[]", max(len(buf), 1))
+    ffi.memmove(copy, buf, len(buf))
+    return bool(lib.hc_http_complete(copy, len(buf), expected))
+
+
+def test_framer_agrees_on_the_sample_answers():
+    for buf in HTTP_RESPONSES:
+        for expected in STATUSES:
+            passes = python_passes(buf, expected)
+            assert c_passes(buf, expected) == passes, (buf, expected)
+            for cut in range(len(buf) if passes else 0):  # a part of an answer never passes
+                assert not c_passes(buf[:cut], expected), (buf[:cut], expected)
+    assert c_passes(HTTP_RESPONSES[0], 200) and not c_passes(HTTP_RESPONSES[0], 404)
+
+
+# Well-formed responses built from parts, CRLF or bare LF throughout (the usual answers and the
+# framings around them); the framer must agree with Python exactly on these.
+_EOL = st.sampled_from([b"\r\n", b"\n"])
+_FIELDS = st.lists(
+    st.sampled_from(
+        [
+            b"Server: x",
+            b"Content-Length: 2",
+            b"content-length:0",
+            b"Content-Length : 3",
+            b"Content-Length: 70000",
+            b"Connection: keep-alive",
+            b"Connection: close",
+            b"connection: Upgrade, keep-alive",
+            b"Transfer-Encoding: chunked",
+            b"transfer-encoding: gzip",
+            b"Transfer-Encoding: gzip,  chunked ",
+            b"Transfer-Encoding:",
+            b"X-Content-Length: 5",
+            b" Content-Length: 5",
+        ]
+    ),
+    max_size=4,
+)
+_BODY = st.sampled_from(
+    [b"", b"ok", b"abc", b"2\r\nok\r\n0\r\n\r\n", b"1;e=1\nx\n0\nT: y\n\n", b"0\r\n\r\n", b"zz\r\n"]
+)
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> bytes:
+    eol = draw(_EOL)
+    parts = []
+    if draw(st.booleans()) and draw(st.booleans()):
+        parts.append(b"HTTP/1.1 100 Continue" + eol + eol)
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2"]))
+    status = draw(st.sampled_from([b"200", b"204", b"304", b"404", b"101"]))
+    reason = draw(st.sampled_from([b" OK", b"", b"\tfine", b" "]))
+    head = version + b" " + status + reason + eol
+    head += b"".join(f + eol for f in draw(_FIELDS)) + eol
+    parts.append(head + draw(_BODY))
+    buf = b"".join(parts)
+    cut = draw(st.sampled_from([None, -1, -2, 1]))
+    if cut is not None:
+        buf = buf[:cut] if cut < 0 else buf + b"H"
+    return buf
+
+
+@settings(max_examples=3000, deadline=None)
+@given(responses(), st.sampled_from(STATUSES))
+def test_framer_agrees_on_generated_answers(buf: bytes, expected: int):
+    assert c_passes(buf, expected) == python_passes(buf, expected), buf
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from(STATUSES))
+def test_framer_never_passes_what_python_does_not(noise: bytes, expected: int):
+    for buf in (noise, b"HTTP/1.1 200 OK\r\n" + noise, HTTP_RESPONSES[0][:30] + noise):
+        if c_passes(buf, expected):
+            assert python_passes(buf, expected), buf
+
+
+# ----------------------------------------------------------------------------- real sockets
+
+
+@pytest.fixture
+def pair():
+    """A client and a server end of a loopback TCP connection, client with SO_TIMESTAMPNS."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    cli = socket.create_connection(srv.getsockname())
+    cli.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    cli.setblocking(False)
+    peer, _ = srv.accept()
+    srv.close()
+    yield cli, peer
+    cli.close()
+    peer.close()
+
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class Lane:
+    def __init__(self) -> None:
+        self.c = ffi.gc(lib.hc_http_new(), lib.hc_http_free)
+        self.slot = lib.hc_http_slot(self.c, REQUEST, len(REQUEST), 200)
+
+    def send(self, fd: int) -> tuple[int, int]:
+        codes, det = ffi.new("int[]", 1), ffi.new("struct hc_detail[]", 1)
+        lib.hc_http_send(self.c, ffi.new("int[]", [self.slot]), ffi.new("int[]", [fd]), 1, codes, det)
+        return codes[0], det[0].err
+
+    def read(self, fd: int) -> tuple[int, float, int, bytes, int]:
+        codes, lat = ffi.new("int[]", 1), ffi.new("double[]", 1)
+        det = ffi.new("struct hc_detail[]", 1)
+        lib.hc_http_read(self.c, ffi.new("int[]", [self.slot]), ffi.new("int[]", [fd]), 1, codes, lat, det)
+        d = det[0]
+        data = ffi.buffer(lib.hc_http_spill(self.c) + d.off, d.len)[:] if d.len else b""
+        return codes[0], lat[0], d.err, data, d.ts_ns
+
+
+def answered(peer: socket.socket, answer: bytes) -> None:
+    assert peer.recv(4096) == REQUEST
+    peer.sendall(answer)
+    time.sleep(0.02)
+
+
+def test_lane_pass_on_a_real_connection(pair):
+    cli, peer = pair
+    lane = Lane()
+    assert lane.send(cli.fileno()) == (lib.HC_PASS, 0)
+    sent = lib.hc_http_sent(lane.c, lane.slot)
+    assert abs(sent * 1e-9 - time.time()) < 5
+    assert lane.read(cli.fileno())[0] == lib.HC_AGAIN  # nothing yet: handed back
+    answered(peer, HTTP_RESPONSES[0])
+    code, latency, _, data, ts = lane.read(cli.fileno())
+    assert code == lib.HC_PASS and data == b""
+    assert 0 <= latency < 5
+    # the next check on the same connection: another pass
+    assert lane.send(cli.fileno())[0] == lib.HC_PASS
+    answered(peer, HTTP_RESPONSES[0])
+    assert lane.read(cli.fileno())[0] == lib.HC_PASS
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok",  # a part
+        b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n",  # another status
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    ],
+)
+def test_lane_hands_back_the_bytes_and_timestamp(pair, answer):
+    cli, peer = pair
+    lane = Lane()
+    lane.send(cli.fileno())
+    sent = lib.hc_http_sent(lane.c, lane.slot)
+    answered(peer, answer)
+    code, _, _, data, ts = lane.read(cli.fileno())
+    assert code == lib.HC_DATA and data == answer
+    assert ts >= sent
+
+
+def test_lane_bytes_from_before_the_request_are_not_the_answer(pair):
+    cli, peer = pair
+    lane = Lane()
+    peer.sendall(HTTP_RESPONSES[0])  # the server speaks first (a 408 before closing, say)
+    time.sleep(0.02)
+    lane.send(cli.fileno())
+    code, _, _, data, ts = lane.read(cli.fileno())
+    assert code == lib.HC_DATA and data == HTTP_RESPONSES[0]
+    assert 0 < ts < lib.hc_http_sent(lane.c, lane.slot)
+    assert struct.pack("qq", *divmod(ts, 10**9))  # what the general path gets as ancillary data
+
+
+def test_lane_end_of_stream(pair):
+    cli, peer = pair
+    lane = Lane()
+    lane.send(cli.fileno())
+    peer.recv(4096)
+    peer.shutdown(socket.SHUT_WR)
+    time.sleep(0.02)
+    assert lane.read(cli.fileno())[:4] == (lib.HC_DATA, 0.0, 0, b"")  # end of stream: len 0
+
+
+def test_lane_reset(pair):
+    cli, peer = pair
+    lane = Lane()
+    lane.send(cli.fileno())
+    peer.recv(4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+    time.sleep(0.02)
+    code, _, err, _, _ = lane.read(cli.fileno())
+    assert code == lib.HC_ERROR and err == errno.ECONNRESET
+    code, err = lane.send(cli.fileno())
+    assert code == lib.HC_ERROR and err in (errno.EPIPE, errno.ECONNRESET)
+
+
+def test_lane_slots_are_reused_and_checked():
+    lane = Lane()
+    other = lib.hc_http_slot(lane.c, b"x", 1, 200)
+    lib.hc_http_release(lane.c, other)
+    assert lib.hc_http_slot(lane.c, b"y", 1, 200) == other
+    lib.hc_http_release(lane.c, other)
+    codes, det = ffi.new("int[]", 1), ffi.new("struct hc_detail[]", 1)
+    lib.hc_http_send(lane.c, ffi.new("int[]", [other]), ffi.new("int[]", [0]), 1, codes, det)
+    assert codes[0] == lib.HC_ERROR and det[0].err == errno.EBADF  # a released slot is not used
