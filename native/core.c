@@ -127,23 +127,28 @@ static inline __attribute__((always_inline)) uint64_t flow_hash_any(struct fwd_s
 	return fwd_sip_finish(&st, acc, done + n);
 }
 
-/* The same with straight-line code for the usual field sets (source address, plus source port). */
+/*
+ * The same with straight-line code for the usual field sets (source address,
+ * plus source port). sip is the bind's keyed state advanced through its
+ * message-free first half-round (bind_sip, fwd_sip_advance).
+ */
 static inline uint64_t flow_hash(const uint64_t sip[4], const struct pkt *p, unsigned fields)
 {
 	struct fwd_sip st = {sip[0], sip[1], sip[2], sip[3]};
 
 	if (p->family == 4) {
 		if (fields == FWD_HASH_SRC_ADDR)
-			return fwd_sip_finish(&st, fwd_load_le32(p->src), 4);
+			return fwd_sip_finish_first(&st, fwd_load_le32(p->src), 4);
 		if (fields == (FWD_HASH_SRC_ADDR | FWD_HASH_SRC_PORT))
-			return fwd_sip_finish(&st, fwd_load_le32(p->src) | port_le(p->sport) << 32, 6);
+			return fwd_sip_finish_first(&st, fwd_load_le32(p->src) | port_le(p->sport) << 32, 6);
 	} else if (fields == FWD_HASH_SRC_ADDR || fields == (FWD_HASH_SRC_ADDR | FWD_HASH_SRC_PORT)) {
-		fwd_sip_absorb(&st, fwd_load_le64(p->src));
+		fwd_sip_absorb_first(&st, fwd_load_le64(p->src));
 		fwd_sip_absorb(&st, fwd_load_le64(p->src + 8));
 		if (fields == FWD_HASH_SRC_ADDR)
 			return fwd_sip_finish(&st, 0, 16);
 		return fwd_sip_finish(&st, port_le(p->sport), 18);
 	}
+	fwd_sip_unadvance(&st);   /* the general path starts from the keyed state */
 	return flow_hash_any(st, p, fields);
 }
 
@@ -178,7 +183,7 @@ static inline int stage_classify(const struct fwd_snapshot *s, uint8_t *buf, uin
 
 	*res = (struct fwd_result){.bind = FWD_NONE, .table = FWD_NONE, .primary = FWD_NONE,
 				   .secondary = FWD_NONE};
-	if (off > buf_size || len > buf_size - off) {   /* caller error: no frame to read */
+	if ((uint64_t)off + len > buf_size) {   /* caller error: no frame to read */
 		res->reason = FWD_DROP_TRUNCATED;
 		return verdict_count(FWD_DROP, res, c);
 	}

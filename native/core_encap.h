@@ -93,31 +93,21 @@ __attribute__((noinline, cold)) static int icmp_reply(uint8_t *buf, uint32_t off
 
 /*
  * The outer Ethernet addresses when they come from the input frame (no node
- * MACs, no next hops): f[6..12) then f[0..6), as two 8-byte loads and stores.
- * The second store runs 2 bytes past the EtherType into the IP header, which
- * is written after it.
+ * MACs, no next hops): f[6..12) then f[0..6), then the EtherType, as two
+ * 8-byte loads and three overlapping stores (o[0..8), o[6..14), o[12..14)):
+ * no shifting or masking, which would take ALU slots the per-packet path is
+ * short of (docs/packet-core.md §7). o[0..14) ends before f, so both loads
+ * come before any store can touch f.
  */
 static inline void eth_swap_macs(uint8_t *o, const uint8_t *f, uint16_t type)
 {
 	uint64_t a, b;
 
-	memcpy(&a, f + 4, 8);
-	memcpy(&b, f, 8);
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-	a = a >> 16 | b << 48;                                        /* f[6..12), f[0..2) */
-	b = (b >> 16 & 0xffffffffu) | (uint64_t)__builtin_bswap16(type) << 32;   /* f[2..6), type */
+	memcpy(&a, f + 6, 8);   /* f[6..12) and two bytes overwritten below */
+	memcpy(&b, f, 8);       /* f[0..6) and two bytes overwritten below */
 	memcpy(o, &a, 8);
-	memcpy(o + 8, &b, 8);
-#else
-	uint8_t m[12];
-
-	memcpy(m, f + 6, 6);
-	memcpy(m + 6, f, 6);
-	memcpy(o, m, 12);
+	memcpy(o + 6, &b, 8);
 	store_be16(o + 12, type);
-	(void)a;
-	(void)b;
-#endif
 }
 
 /*
@@ -136,8 +126,7 @@ gue_encap4_hops(const struct fwd_snapshot *s, const struct fwd_snap_encap *pe,
 	uint32_t over = 20 + 8 + GUE_HLEN + hop_bytes, outer_len = over + p->ip_len;
 	uint32_t hdr = ETH_HLEN + over;
 
-	if (pe->family != 4 || !pe->has_src || outer_len > s->node.mtu || outer_len > 65535 ||
-	    off + p->l2 < hdr || !s->plain_l2)
+	if (outer_len > s->plain_mtu4 || off + p->l2 < hdr)   /* pe->plain == 4 */
 		return 0;
 
 	uint8_t *f = buf + off, *o = f + p->l2 - hdr, *h = o + ETH_HLEN, *u = h + 20, *g = u + 8;
@@ -145,7 +134,7 @@ gue_encap4_hops(const struct fwd_snapshot *s, const struct fwd_snap_encap *pe,
 	eth_swap_macs(o, f, ETH_P_IPV4);
 	store_be64(h, 0x4500000000004000ull | (uint64_t)outer_len << 32);
 	store_be32(h + 8, (uint32_t)(64 << 8 | IPPROTO_UDP_) << 16 |
-				  csum_finish(pe->csum_outer + outer_len));
+				  csum_finish2(pe->csum_outer + outer_len));
 	memcpy(h + 12, pe->addrs, 8);
 	store_be64(u, (uint64_t)p->gue_sport << 48 | (uint64_t)FWD_GUE_PORT << 32 |
 			      (uint64_t)(outer_len - 20) << 16);
@@ -167,8 +156,7 @@ gue_encap6_hops(const struct fwd_snapshot *s, const struct fwd_snap_encap *pe,
 	uint32_t over = 40 + 8 + GUE_HLEN + hop_bytes, outer_len = over + p->ip_len;
 	uint32_t hdr = ETH_HLEN + over, udp_len = outer_len - 40;
 
-	if (pe->family != 6 || !pe->has_src || outer_len > s->node.mtu || outer_len > 40 + 65535 ||
-	    off + p->l2 < hdr || !s->plain_l2)
+	if (outer_len > s->plain_mtu6 || off + p->l2 < hdr)   /* pe->plain == 6 */
 		return 0;
 
 	uint8_t *f = buf + off, *o = f + p->l2 - hdr, *h = o + ETH_HLEN, *u = h + 40, *g = u + 8;
@@ -197,12 +185,12 @@ static inline int gue_encap_plain(const struct fwd_snapshot *s, const struct fwd
 				   const struct fwd_snap_encap *he, uint8_t *buf, uint32_t off,
 				   const struct pkt *p, struct fwd_result *res)
 {
-	if (pe->family == 4) {
+	if (pe->plain == 4) {
 		if (he->hop_len == 4)
 			return gue_encap4_hops(s, pe, he, 4, buf, off, p, res);
 		if (he->hop_len == 0)
 			return gue_encap4_hops(s, pe, he, 0, buf, off, p, res);
-	} else {
+	} else if (pe->plain == 6) {
 		if (he->hop_len == 16)
 			return gue_encap6_hops(s, pe, he, 16, buf, off, p, res);
 		if (he->hop_len == 0)
@@ -289,7 +277,7 @@ static inline int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_
 		 * both addresses are in csum_outer) | source, destination */
 		store_be64(h, 0x4500000000004000ull | (uint64_t)outer_len << 32);
 		store_be32(h + 8, (uint32_t)(64 << 8 | IPPROTO_UDP_) << 16 |
-					  csum_finish(pe->csum_outer + outer_len));
+					  csum_finish2(pe->csum_outer + outer_len));
 		memcpy(h + 12, pe->addrs, 8);
 	} else {
 		store_be64(h, 0x6000000000000000ull | (uint64_t)udp_len << 16 |

@@ -191,6 +191,15 @@ static inline uint32_t csum_addr4(const uint8_t *a)
 	return (uint32_t)load_be16(a) + load_be16(a + 2);
 }
 
+/*
+ * Fold once and complement: for a sum of two values <= 0xffff (at most
+ * 0x1fffe, whose fold is <= 0xffff). Store the result with store_be16.
+ */
+static inline uint16_t csum_finish2(uint32_t sum)
+{
+	return (uint16_t)~((sum & 0xffff) + (sum >> 16));
+}
+
 /* Fold and complement; store the result with store_be16. */
 static inline uint16_t csum_finish(uint32_t sum)
 {

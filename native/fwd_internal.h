@@ -24,14 +24,15 @@ struct fwd_snap_encap {
 	/* tunnel source of the backend's family then the backend's address:
 	 * IPv4 bytes 0..8, IPv6 bytes 0..32. The address, as a hop, is at hop_len. */
 	uint8_t addrs[32];
-	/* one's complement sums, not folded: IPv4 outer header's constant words
-	 * and both addresses / IPv6 pseudo header's addresses */
+	/* one's complement sums folded to 16 bits: IPv4 outer header's constant
+	 * words and both addresses / IPv6 pseudo header's addresses */
 	uint32_t csum_outer;
 	uint32_t hop_sum;     /* the address's own words (as a GUE hop) */
 	uint32_t hop_lo;      /* GUE private data low word with this hop: type 0/1, index 0, count 1 */
 	uint8_t family;       /* 4 or 6 */
 	uint8_t hop_len;      /* 4 or 16; 0 in struct fwd_snap_table.no_hop */
 	uint8_t has_src;      /* the node has a tunnel source of this family */
+	uint8_t plain;        /* family when has_src, else 0 (gue_encap_plain's one test) */
 };
 
 struct fwd_snap_table {
@@ -86,7 +87,8 @@ struct fwd_snapshot {
 	uint32_t nrules4, nrules6;
 	struct fwd_snap_rule4 rules4[FWD_MAX_BINDS];
 	struct fwd_snap_rule6 rules6[FWD_MAX_BINDS];
-	/* per bind (fwd_snap_link): its table's sip_init, so the hash starts one
+	/* per bind (fwd_snap_link): its table's sip_init advanced through the
+	 * message-free first half-round (fwd_sip_advance), so the hash starts one
 	 * load after the bind, and the table itself */
 	uint64_t bind_sip[FWD_MAX_BINDS][4];
 	const struct fwd_snap_table *bind_table[FWD_MAX_BINDS];
@@ -95,6 +97,9 @@ struct fwd_snapshot {
 	uint8_t use_nexthops;   /* set by fwd_snapshot_set_nexthop */
 	/* outer MACs from the input frame: no node MACs, no next hops (fwd_snap_link, set_nexthop) */
 	uint8_t plain_l2;
+	/* largest outer packet of the plain encapsulation (gue_encap4/6_hops): the
+	 * MTU capped by what the length field can say, 0 unless plain_l2 */
+	uint32_t plain_mtu4, plain_mtu6;
 	uint8_t published;      /* set by fwd_runtime_publish: no more changes */
 };
 

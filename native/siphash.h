@@ -96,6 +96,64 @@ static inline __attribute__((always_inline)) void fwd_sip_absorb(struct fwd_sip 
 	s->v0 ^= m;
 }
 
+/*
+ * The first half of round one on v0 and v1 (v0 += v1 .. v0 = rotl(v0, 32))
+ * does not depend on the message: a keyed state can be advanced through it
+ * once (fwd_sip_advance), and the first word then absorbed with
+ * fwd_sip_absorb_first (the rest of round one, then round two). Fewer ALU
+ * operations per hash, same result.
+ */
+#define FWD_SIPROUND_REST(v0, v1, v2, v3)                                     \
+	do {                                                                  \
+		v2 += v3; v3 = FWD_ROTL64(v3, 16); v3 ^= v2;                  \
+		v0 += v3; v3 = FWD_ROTL64(v3, 21); v3 ^= v0;                  \
+		v2 += v1; v1 = FWD_ROTL64(v1, 17); v1 ^= v2; v2 = FWD_ROTL64(v2, 32); \
+	} while (0)
+
+static inline void fwd_sip_advance(uint64_t v[4])
+{
+	v[0] += v[1];
+	v[1] = FWD_ROTL64(v[1], 13);
+	v[1] ^= v[0];
+	v[0] = FWD_ROTL64(v[0], 32);
+}
+
+/* fwd_sip_advance undone: the keyed state back from an advanced one. */
+static inline void fwd_sip_unadvance(struct fwd_sip *s)
+{
+	uint64_t sum = FWD_ROTL64(s->v0, 32);   /* v0 + v1 */
+
+	s->v1 = FWD_ROTL64(s->v1 ^ sum, 51);    /* rotr 13 */
+	s->v0 = sum - s->v1;
+}
+
+/* The first word into an advanced state (fwd_sip_advance). */
+static inline __attribute__((always_inline)) void fwd_sip_absorb_first(struct fwd_sip *s, uint64_t m)
+{
+	s->v3 ^= m;
+	FWD_SIPROUND_REST(s->v0, s->v1, s->v2, s->v3);
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	s->v0 ^= m;
+}
+
+static inline __attribute__((always_inline)) uint64_t fwd_sip_rounds_out(struct fwd_sip *s)
+{
+	s->v2 ^= 0xff;
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
+	return s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
+}
+
+/* fwd_sip_finish for an advanced state into which nothing was absorbed yet. */
+static inline __attribute__((always_inline)) uint64_t fwd_sip_finish_first(struct fwd_sip *s, uint64_t tail,
+									    uint64_t inlen)
+{
+	fwd_sip_absorb_first(s, tail | inlen << 56);
+	return fwd_sip_rounds_out(s);
+}
+
 static inline __attribute__((always_inline)) uint64_t fwd_sip_finish(struct fwd_sip *s, uint64_t tail, uint64_t inlen)
 {
 	fwd_sip_absorb(s, tail | inlen << 56);

@@ -128,6 +128,11 @@ void fwd_snap_table_precompute(struct fwd_snap_table *st, const struct fwd_node_
 					addr_words(&src4) + e->hop_sum;
 		else
 			e->csum_outer = addr_words(&src6) + e->hop_sum;
+		/* folded to 16 bits (the same sum modulo 0xffff, never 0 unless all words are):
+		 * the IPv4 outer header's checksum then needs one fold per packet (csum_finish2) */
+		e->csum_outer = (e->csum_outer & 0xffff) + (e->csum_outer >> 16);
+		e->csum_outer = (e->csum_outer & 0xffff) + (e->csum_outer >> 16);
+		e->plain = e->has_src ? e->family : 0;
 	}
 }
 
@@ -163,10 +168,14 @@ void fwd_snap_link(struct fwd_snapshot *s)
 			s->binds[i].table < s->ntables ? s->tables[s->binds[i].table] : NULL;
 
 		s->bind_table[i] = t;
-		if (t)
+		if (t) {
 			memcpy(s->bind_sip[i], t->sip_init, sizeof(s->bind_sip[i]));
+			fwd_sip_advance(s->bind_sip[i]);   /* flow_hash starts from here */
+		}
 	}
 	s->plain_l2 = !s->use_nexthops && !s->node.has_dst_mac && !s->node.has_src_mac;
+	s->plain_mtu4 = s->plain_l2 ? (s->node.mtu < 65535 ? s->node.mtu : 65535) : 0;
+	s->plain_mtu6 = s->plain_l2 ? (s->node.mtu < 40 + 65535 ? s->node.mtu : 40 + 65535) : 0;
 }
 
 struct fwd_snapshot *fwd_snapshot_new(const struct fwd_node_spec *node,
@@ -218,5 +227,7 @@ int fwd_snapshot_set_nexthop(struct fwd_snapshot *s, uint32_t table, uint32_t ba
 	s->tables[table]->nexthops[backend] = *nh;
 	s->use_nexthops = 1;
 	s->plain_l2 = 0;
+	s->plain_mtu4 = 0;
+	s->plain_mtu6 = 0;
 	return 0;
 }
