@@ -106,10 +106,15 @@ system calls, so the scheduler hands all the probes due at a grid point to the c
 *lane* for their kind (``_HttpLane``, ``_TunnelProber.start``), which sends them in one loop
 with the state it needs taken straight from the plan; the answers are read in one loop per
 tick (the http lane reads its connections first thing at the next tick, before the epoll
-harvest), and the passes go back to the scheduler as one batch. The http lane's sends, reads,
-framing and timestamps are one C call per tick each (``healthcheck._lanes``, built from
-native/hc/hc_lanes.c — its own small extension, not fwd's packet core); its framer only says
-"the usual answer" when ``_response`` would say so too, and hands everything else back.
+harvest), and the passes go back to the scheduler as one batch. The per-check work of a tick
+is done in C, one call per tick and lane (``healthcheck._lanes``, built from
+native/hc/hc_lanes.c — its own small extension, not fwd's packet core; a slot per plan): the
+http lane's sends, and its reads with the framing and timestamps (the framer only says "the
+usual answer" when ``_response`` would say so too, and hands everything else back with the
+bytes); the tunnel lane's probes (counter and checksums written in C) and the matching of echo
+replies where the raw socket is drained (other replies of ours are handed back to the Python
+matching of the general runs). A tunnel probe still unanswered after a tick becomes a general
+run (``_TunnelProber.settle``), as does one whose destination reports an ICMP error.
 Whatever is not that usual case — no kept connection yet or a 30 s old one, the first tunnel
 probe of a plan and one a minute (route lookup), a send that fails, no answer by the next tick,
 part of one, another status, ``Connection: close``, a close, bytes from before the request, ICMP
@@ -191,6 +196,7 @@ _CMSG_TS = socket.CMSG_SPACE(16)
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _RAW_RCVBUF = 4 << 20
 _SOURCE_TTL = 60.0  # seconds a cached route source address is trusted
+_READ_BATCH = 1024  # echo replies matched per C call
 _ASYNC_SEND_ERRORS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
 _EPOLLIN, _EPOLLOUT, _EPOLLONESHOT = select.EPOLLIN, select.EPOLLOUT, select.EPOLLONESHOT
 _EPOLLRDHUP = select.EPOLLRDHUP
@@ -394,6 +400,7 @@ class _Poller:
         self.keeping: weakref.WeakSet[_TcpPlan | _HttpsPlan] = weakref.WeakSet()  # plans keeping connections
         self.idle: dict[int, _TcpPlan] = {}  # fd of a kept connection between checks -> its plan
         self.http_lane = _HttpLane(self)
+        self.tunnel: _TunnelProber | None = None  # its lane's probes are settled after each harvest
         self.harvested = -1  # the tick of the last harvest
         self.scheduled = False
 
@@ -466,8 +473,11 @@ class _Poller:
             if not run.finished:
                 run.poke()
         self.harvest()
+        tunnel = self.tunnel
+        if tunnel is not None and tunnel.batches:
+            tunnel.settle(now_k)  # probes still unanswered after a tick: to the general path
         now = self.loop.time()
-        busy = bool(pokes) or bool(lane.batches)
+        busy = bool(pokes) or bool(lane.batches) or (tunnel is not None and bool(tunnel.batches))
         for q in self.expiring.values():
             # finished runs leave from the front too: once every run is done, no more ticks
             while q and (q[0].finished or q[0].deadline <= now):
@@ -1432,6 +1442,8 @@ class _TunnelPlan:
         "detail",
         "runs",
         "lane",
+        "slot",
+        "__weakref__",
     )
 
     def __init__(self, prober: _TunnelProber, spec: CheckSpec, address: IPAddress) -> None:
@@ -1447,6 +1459,7 @@ class _TunnelPlan:
         self.detail = ""
         self.runs: list[_TunnelRun] = []  # in flight (one at a time under the scheduler)
         self.lane = prober  # the scheduler's way in (_TunnelProber.start)
+        self.slot = -1  # the lane's C slot (probe bytes, destination, socket) once there is a template
 
     def _refresh(self, now: float) -> None:
         prober = self.prober
@@ -1455,6 +1468,7 @@ class _TunnelPlan:
             self.src = src
             self.template = _ProbeTemplate(self.spec.kind, src, self.address, prober.ident, prober.nonce)
             self.detail = f"echo reply from {self.host} to {src}"
+            prober.lane_slot(self)
         self.src_until = now + _SOURCE_TTL
 
     def __call__(self, timeout: float, done: Callable[[CheckResult], None]) -> None:
@@ -1571,47 +1585,121 @@ class _TunnelProber:
         self.by_dest: dict[tuple[str, int], list[_TunnelPlan]] = {}
         self.sink: Callable[[list], None] | None = None  # the scheduler's, for the lane's runs
         self.fast = 0  # lane checks passed by an echo reply
+        # the lane in C (native/hc/hc_lanes.c): a slot per plan; probes in flight by slot;
+        # (grid point of the sends, [probes], their slots, start, t0) per tick, until settled
+        self.c = _ffi.gc(_lib.hc_gue_new(self.ident, self.token_head), _lib.hc_gue_free)
+        if self.c == _ffi.NULL:
+            raise MemoryError("hc_gue_new")
+        self.flying: dict[int, Any] = {}
+        self.batches: deque[tuple[int, list, Any, float, float]] = deque()
+        self.m_slots = _ffi.new("int[]", _READ_BATCH)
+        self.m_latency = _ffi.new("double[]", _READ_BATCH)
+        self.others = _ffi.new("struct hc_gue_other[]", _READ_BATCH)
+        self.n_others = _ffi.new("int *")
+        poller.tunnel = self
+
+    def lane_slot(self, plan: _TunnelPlan) -> None:
+        """Give plan's current probe template, destination and socket to its C slot (a new slot
+        the first time, released when the plan goes). A destination with a scope stays on the
+        general path."""
+        if "%" in plan.host or plan.tx is None or plan.template is None:
+            return
+        probe = plan.template.build(0)
+        first = plan.slot < 0
+        i = _lib.hc_gue_slot(
+            self.c, plan.slot, probe, len(probe), plan.family == socket.AF_INET6,
+            plan.address.packed, plan.spec.port, plan.tx.fileno(),
+        )  # fmt: skip
+        if i < 0:
+            raise MemoryError("hc_gue_slot")
+        if first:
+            plan.slot = i
+            weakref.finalize(plan, _lib.hc_gue_release, self.c, i)
 
     # -- the lane: the steady state, all the probes due at a grid point at once -------------
 
     def start(self, probes: list, sink: Callable[[list], None]) -> None:
-        """Send the probes of plans whose source address is fresh, in one loop (no call of the
-        plan, the run's deadline booked inline); their echo replies go to sink in batches
-        (_on_answer). The first probe of a plan and one a minute (a new route lookup), and a
-        send that fails, take the general path (_TunnelPlan.__call__)."""
+        """Send the probes of plans whose source address is fresh with one C call (the probe
+        bytes made there from the plan's slot); their echo replies are matched in C when the raw
+        socket is read (_on_answer) and go to sink in batches; a probe still unanswered after a
+        tick becomes a general run (settle). The first probe of a plan and one a minute (a new
+        route lookup), and a send that fails, take the general path (_TunnelPlan.__call__)."""
         self.sink = sink
+        poller = self.poller
         now = self.loop.time()
         t0 = time.perf_counter()
-        clock = time.time
-        pending, expiring = self.pending, self.poller.expiring
+        flying, slots, inflight = [], [], self.flying
         for p in probes:
             plan = p.launch
             try:
-                timeout = p.timing.timeout
-                if now >= plan.src_until:
-                    plan(timeout, p.on_done)
+                if now >= plan.src_until or plan.slot < 0:
+                    plan(p.timing.timeout, p.on_done)
                     continue
-                self.counter = c = self.counter + 1
-                run = _TunnelRun(timeout, now + timeout, p.on_done, plan, t0, p)
-                run.counter = c
-                payload = plan.template.build(c)
-                pending[c] = run
-                plan.runs.append(run)
-                run.sent = clock()
-                try:
-                    plan.tx.sendto(payload, plan.dest)
-                except OSError:  # an earlier probe's ICMP error, say: the general path sends again
-                    run.end()
-                    plan(timeout, p.on_done)
-                    continue
-                q = expiring.get(timeout)
-                if q is None:
-                    q = expiring[timeout] = deque()
-                q.append(run)
+                inflight[plan.slot] = p
+                flying.append(p)
+                slots.append(plan.slot)
             except Exception as e:  # a bug in a check must not stop the others
                 log.exception("health check of %s crashed", plan.dest)
                 p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
-        self.poller.ensure_tick()
+        if not flying:
+            return
+        n = len(flying)
+        first = self.counter + 1
+        self.counter += n
+        c_slots, codes, errs = _ffi.new("int[]", slots), _ffi.new("int[]", n), _ffi.new("int[]", n)
+        if _lib.hc_gue_send(self.c, c_slots, n, first, codes, errs):
+            sent = []
+            for p, code in zip(flying, _ffi.unpack(codes, n), strict=True):
+                if code == _lib.HC_PASS:
+                    sent.append(p)
+                    continue
+                try:  # an earlier probe's ICMP error, say: the general path sends again
+                    p.launch(p.timing.timeout, p.on_done)
+                except Exception as e:
+                    log.exception("health check of %s crashed", p.launch.dest)
+                    p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+            if not sent:
+                return
+            flying = sent
+            c_slots = _ffi.new("int[]", [p.launch.slot for p in flying])
+        self.batches.append((poller.ticker.current, flying, c_slots, now, t0))
+        poller.ensure_tick()
+
+    def settle(self, now_k: int) -> None:
+        """The lane's probes sent before grid point now_k and still unanswered go on as general
+        runs (their deadline, ICMP errors, a late reply matched by Python)."""
+        batches = self.batches
+        while batches and batches[0][0] < now_k:
+            _, flying, c_slots, start, t0 = batches.popleft()
+            self._take(flying, c_slots, start, t0)
+
+    def _take(self, flying: list, c_slots: Any, start: float, t0: float) -> None:
+        n = len(flying)
+        taken, counters = _ffi.new("int[]", n), _ffi.new("uint64_t[]", n)
+        sent = _ffi.new("int64_t[]", n)
+        for i in _ffi.unpack(taken, _lib.hc_gue_take_all(self.c, c_slots, n, taken, counters, sent)):
+            p = flying[i]
+            plan = p.launch
+            try:
+                timeout = p.timing.timeout
+                run = _TunnelRun(timeout, start + timeout, p.on_done, plan, t0, p)
+                run.counter = counters[i]
+                run.sent = sent[i] * 1e-9
+                self.pending[run.counter] = run
+                plan.runs.append(run)
+                self.poller.add(run)
+            except Exception as e:  # a bug in a check must not stop the others
+                log.exception("health check of %s crashed", plan.dest)
+                p.on_done(CheckResult(False, 0.0, f"internal error: {type(e).__name__}: {e}"))
+
+    def _take_plan(self, plan: _TunnelPlan) -> None:
+        """plan's probe on the lane, if one is in flight, becomes a general run now (an ICMP
+        error for its destination is to end it)."""
+        for _, flying, _, start, t0 in self.batches:
+            for p in flying:
+                if p.launch is plan:
+                    self._take([p], _ffi.new("int[]", [plan.slot]), start, t0)
+                    return
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -1672,35 +1760,50 @@ class _TunnelProber:
     # -- answers and errors (called by the poller) -----------------------------------------
 
     def _on_answer(self, s: socket.socket, v4: bool) -> None:
-        """Drains the raw socket: every echo reply that is there, one recvmsg each."""
-        ident, head, pending = self.ident_bytes, self.token_head, self.pending
-        recvmsg = s.recvmsg
+        """Drains the raw socket in C: echo replies to the lane's probes are matched there (their
+        passes batched to sink); the other replies of ours are matched here (general runs)."""
+        c, fd, inflight, flying_slots = self.c, s.fileno(), self.flying, self.m_slots
         results = []  # the lane's runs that passed
         while True:
-            try:
-                data, anc, _, addr = recvmsg(2048, _CMSG_TS)
-            except OSError:  # BlockingIOError: drained
+            m = _lib.hc_gue_read(
+                c, fd, v4, flying_slots, self.m_latency, _READ_BATCH, self.others, _READ_BATCH, self.n_others
+            )
+            if m:
+                for slot, latency in zip(
+                    _ffi.unpack(flying_slots, m), _ffi.unpack(self.m_latency, m), strict=True
+                ):
+                    p = inflight.pop(slot)
+                    if latency < 0:  # no kernel timestamp: the wall time so far (a bound)
+                        latency = time.perf_counter() - (self.batches[0][4] if self.batches else 0.0)
+                    results.append((p, CheckResult(True, latency, None, p.launch.detail)))
+            n_others = self.n_others[0]
+            if n_others:
+                self._match_others(n_others, v4, results)
+            if m < _READ_BATCH and n_others < _READ_BATCH:
                 break
-            off = (data[0] & 0x0F) * 4 if v4 else 0  # a raw IPv4 socket gives the IP header too
-            # ours: 8 bytes of ICMP header (our identifier) + token (20 bytes)
-            if len(data) != off + 28 or not data.startswith(head, off + 8):
-                continue
-            if not data.startswith(ident, off + 4):
-                continue
+        if results and self.sink is not None:
+            self.fast += len(results)
+            try:
+                self.sink(results)
+            except Exception:
+                log.exception("health check results: callback failed")
+
+    def _match_others(self, n: int, v4: bool, results: list) -> None:
+        """Replies handed back by the C read: the general runs' (Python's pending table)."""
+        pending, spill = self.pending, _lib.hc_gue_spill(self.c)
+        for o in self.others[0:n]:
+            data = _ffi.buffer(spill + o.off, o.len)[:]
+            off = (data[0] & 0x0F) * 4 if v4 else 0
             c = _U64.unpack_from(data, off + 20)[0]
             run = pending.get(c)
             if run is None:
                 continue  # a duplicate, or too late
-            host = run.plan.host
-            if addr[0] != host and addr[0].split("%", 1)[0] != host:
+            family = socket.AF_INET6 if o.family == 6 else socket.AF_INET
+            host = socket.inet_ntop(family, _ffi.buffer(o.addr, 16 if o.family == 6 else 4)[:])
+            if host != run.plan.host:
                 continue
             del pending[c]
-            at = None
-            if anc:  # SO_TIMESTAMPNS is the only ancillary data this socket gets
-                typ, ts = anc[0][1], anc[0][2]
-                if typ == _SO_TIMESTAMPNS and len(ts) >= 16:
-                    sec, nsec = _TIMESPEC.unpack_from(ts)
-                    at = sec + nsec * 1e-9
+            at = o.ts_ns * 1e-9 if o.ts_ns else None
             if run.probe is None:
                 run.answered(at)
                 continue
@@ -1710,12 +1813,6 @@ class _TunnelProber:
             if latency < 0:
                 latency = time.perf_counter() - run.t0
             results.append((run.probe, CheckResult(True, latency, None, run.plan.detail)))
-        if results and self.sink is not None:
-            self.fast += len(results)
-            try:
-                self.sink(results)
-            except Exception:
-                log.exception("health check results: callback failed")
 
     def _on_error(self, s: socket.socket) -> None:
         while True:
@@ -1730,10 +1827,13 @@ class _TunnelProber:
             if not err or not addr:
                 continue
             for plan in tuple(self.by_dest.get((addr[0].split("%", 1)[0], addr[1]), ())):
+                self._take_plan(plan)  # its probe on the lane, if any, ends with the error too
                 for run in tuple(plan.runs):
                     run.error(err)
 
     def close(self) -> None:
+        self.batches.clear()
+        self.flying.clear()
         for s in (*self.rx.values(), *self.tx.values()):
             self.poller.unwatch(s.fileno())
             s.close()

@@ -481,3 +481,332 @@ int64_t hc_http_sent(struct hc_http_lane *lane, int i)
     struct slot *s = slot_of(lane, i);
     return s != NULL ? s->sent_ns : 0;
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* The tunnel lane */
+
+#include <netinet/in.h>
+
+#define RING 65536u /* counter -> slot, checked against the slot's counter */
+#define TOKEN_HEAD 12u /* magic + nonce */
+#define ECHO_LEN 28u   /* ICMP header + token */
+
+struct gue_slot {
+    unsigned char probe[HC_PROBE_MAX];
+    size_t len;
+    size_t inner; /* offset of the inner IP header (after the encapsulation head) */
+    int v6;
+    int fd;
+    int used;
+    int in_flight;
+    int next_free;
+    uint64_t counter;
+    int64_t sent_ns;
+    struct sockaddr_storage dest;
+    socklen_t dest_len;
+    unsigned char addr[16];
+};
+
+struct hc_gue_lane {
+    struct gue_slot *slots;
+    int n_slots;
+    int free_head;
+    unsigned char ident[2];
+    unsigned char token_head[TOKEN_HEAD];
+    int32_t ring[RING];
+    char *spill;
+    size_t spill_len, spill_cap;
+    unsigned char scratch[2048];
+};
+
+struct hc_gue_lane *hc_gue_new(int ident, const unsigned char *token_head)
+{
+    struct hc_gue_lane *lane = calloc(1, sizeof(*lane));
+    if (lane == NULL)
+        return NULL;
+    lane->free_head = -1;
+    lane->ident[0] = (unsigned char)(ident >> 8);
+    lane->ident[1] = (unsigned char)ident;
+    memcpy(lane->token_head, token_head, TOKEN_HEAD);
+    for (unsigned i = 0; i < RING; i++)
+        lane->ring[i] = -1;
+    return lane;
+}
+
+void hc_gue_free(struct hc_gue_lane *lane)
+{
+    if (lane == NULL)
+        return;
+    free(lane->slots);
+    free(lane->spill);
+    free(lane);
+}
+
+int hc_gue_slot(struct hc_gue_lane *lane, int i, const unsigned char *probe, size_t len, int v6,
+                const unsigned char *addr, int port, int fd)
+{
+    size_t inner = 8, ip = v6 ? 40 : 20;
+    if (len != inner + ip + ECHO_LEN || len > HC_PROBE_MAX || port < 0 || port > 65535)
+        return -1;
+    if (i >= 0) {
+        if (i >= lane->n_slots || !lane->slots[i].used)
+            return -1;
+    } else if (lane->free_head >= 0) {
+        i = lane->free_head;
+        lane->free_head = lane->slots[i].next_free;
+    } else {
+        struct gue_slot *grown = realloc(lane->slots, sizeof(*grown) * (size_t)(lane->n_slots + 1));
+        if (grown == NULL)
+            return -1;
+        lane->slots = grown;
+        i = lane->n_slots++;
+        lane->slots[i].in_flight = 0;
+    }
+    struct gue_slot *s = &lane->slots[i];
+    int in_flight = s->used ? s->in_flight : 0;
+    uint64_t counter = s->used ? s->counter : 0;
+    int64_t sent = s->used ? s->sent_ns : 0;
+    memset(s, 0, sizeof(*s));
+    memcpy(s->probe, probe, len);
+    s->len = len;
+    s->inner = inner;
+    s->v6 = v6;
+    s->fd = fd;
+    s->used = 1;
+    s->in_flight = in_flight;
+    s->counter = counter;
+    s->sent_ns = sent;
+    memcpy(s->addr, addr, v6 ? 16 : 4);
+    if (v6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&s->dest;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        memcpy(&a->sin6_addr, addr, 16);
+        s->dest_len = sizeof(*a);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&s->dest;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)port);
+        memcpy(&a->sin_addr, addr, 4);
+        s->dest_len = sizeof(*a);
+    }
+    return i;
+}
+
+static struct gue_slot *gue_slot_of(struct hc_gue_lane *lane, int i)
+{
+    if (i < 0 || i >= lane->n_slots || !lane->slots[i].used)
+        return NULL;
+    return &lane->slots[i];
+}
+
+void hc_gue_release(struct hc_gue_lane *lane, int i)
+{
+    struct gue_slot *s = gue_slot_of(lane, i);
+    if (s == NULL)
+        return;
+    s->used = 0;
+    s->in_flight = 0;
+    s->next_free = lane->free_head;
+    lane->free_head = i;
+}
+
+static uint32_t sum16(const unsigned char *p, size_t n, uint32_t sum)
+{
+    for (size_t i = 0; i + 1 < n; i += 2)
+        sum += (uint32_t)p[i] << 8 | p[i + 1];
+    return sum;
+}
+
+static void put_csum(unsigned char *at, uint32_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    uint16_t c = (uint16_t)~sum;
+    at[0] = (unsigned char)(c >> 8);
+    at[1] = (unsigned char)c;
+}
+
+/* slot's probe with counter, into out (s->len bytes) */
+static void build(const struct gue_slot *s, uint64_t counter, unsigned char *out)
+{
+    memcpy(out, s->probe, s->len);
+    unsigned char *ip = out + s->inner, *icmp = ip + (s->v6 ? 40 : 20);
+    unsigned char seq[2] = {(unsigned char)(counter >> 8), (unsigned char)counter};
+    icmp[6] = seq[0], icmp[7] = seq[1];
+    for (int b = 0; b < 8; b++)
+        icmp[ECHO_LEN - 8 + b] = (unsigned char)(counter >> (56 - 8 * b));
+    icmp[2] = icmp[3] = 0;
+    if (s->v6) { /* ICMPv6: the pseudo header (addresses, length, next header 58) is summed */
+        uint32_t sum = sum16(ip + 8, 32, 0) + ECHO_LEN + 58;
+        put_csum(icmp + 2, sum16(icmp, ECHO_LEN, sum));
+    } else {
+        ip[4] = seq[0], ip[5] = seq[1]; /* the IPv4 id is the sequence number too */
+        ip[10] = ip[11] = 0;
+        put_csum(ip + 10, sum16(ip, 20, 0));
+        put_csum(icmp + 2, sum16(icmp, ECHO_LEN, 0));
+    }
+}
+
+int hc_gue_build(struct hc_gue_lane *lane, int i, uint64_t counter, unsigned char *out, size_t cap)
+{
+    struct gue_slot *s = gue_slot_of(lane, i);
+    if (s == NULL || cap < s->len)
+        return -1;
+    build(s, counter, out);
+    return (int)s->len;
+}
+
+int hc_gue_send(struct hc_gue_lane *lane, const int *slots, int n, uint64_t first, int *codes, int *errs)
+{
+    int unusual = 0;
+    unsigned char buf[HC_PROBE_MAX];
+    for (int i = 0; i < n; i++) {
+        struct gue_slot *s = gue_slot_of(lane, slots[i]);
+        errs[i] = 0;
+        if (s == NULL) {
+            codes[i] = HC_ERROR;
+            errs[i] = EBADF;
+            unusual++;
+            continue;
+        }
+        uint64_t counter = first + (uint64_t)i;
+        build(s, counter, buf);
+        s->counter = counter;
+        s->sent_ns = now_ns();
+        ssize_t r;
+        do
+            r = sendto(s->fd, buf, s->len, MSG_DONTWAIT, (struct sockaddr *)&s->dest, s->dest_len);
+        while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            codes[i] = HC_ERROR;
+            errs[i] = errno;
+            s->in_flight = 0;
+            unusual++;
+            continue;
+        }
+        codes[i] = HC_PASS;
+        s->in_flight = 1;
+        lane->ring[counter % RING] = slots[i];
+    }
+    return unusual;
+}
+
+int hc_gue_take(struct hc_gue_lane *lane, int i, uint64_t *counter, int64_t *sent_ns)
+{
+    struct gue_slot *s = gue_slot_of(lane, i);
+    if (s == NULL || !s->in_flight)
+        return 0;
+    s->in_flight = 0;
+    *counter = s->counter;
+    *sent_ns = s->sent_ns;
+    return 1;
+}
+
+int hc_gue_take_all(struct hc_gue_lane *lane, const int *slots, int n, int *taken, uint64_t *counters,
+                    int64_t *sent_ns)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (hc_gue_take(lane, slots[i], &counters[i], &sent_ns[i]))
+            taken[k++] = i;
+    return k;
+}
+
+static uint64_t get_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int b = 0; b < 8; b++)
+        v = v << 8 | p[b];
+    return v;
+}
+
+int hc_gue_read(struct hc_gue_lane *lane, int fd, int v4, int *slots, double *latency, int max,
+                struct hc_gue_other *others, int max_others, int *n_others)
+{
+    int matched = 0;
+    *n_others = 0;
+    lane->spill_len = 0;
+    while (matched < max && *n_others < max_others) {
+        union {
+            char buf[CMSG_SPACE(sizeof(struct timespec))];
+            struct cmsghdr align;
+        } control;
+        struct sockaddr_storage from;
+        struct iovec iov = {.iov_base = lane->scratch, .iov_len = sizeof(lane->scratch)};
+        struct msghdr msg = {.msg_name = &from, .msg_namelen = sizeof(from), .msg_iov = &iov,
+                             .msg_iovlen = 1, .msg_control = control.buf,
+                             .msg_controllen = sizeof(control.buf)};
+        ssize_t r = recvmsg(fd, &msg, MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* EAGAIN: drained (or an error Python's loop would stop at too) */
+        }
+        const unsigned char *d = lane->scratch;
+        size_t len = (size_t)r;
+        if (len > sizeof(lane->scratch))
+            len = sizeof(lane->scratch); /* truncated datagram (MSG_TRUNC): not ours anyway */
+        size_t off = v4 ? (len > 0 ? (size_t)(d[0] & 0x0f) * 4 : 0) : 0;
+        /* ours: 8 bytes of ICMP header (our identifier) + the token */
+        if (len == 0 || len != off + ECHO_LEN || memcmp(d + off + 8, lane->token_head, TOKEN_HEAD) != 0 ||
+            memcmp(d + off + 4, lane->ident, 2) != 0)
+            continue;
+        int64_t ts = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
+                c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+                struct timespec t;
+                memcpy(&t, CMSG_DATA(c), sizeof(t));
+                ts = (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+                break;
+            }
+        }
+        int family = 0;
+        const unsigned char *src = NULL;
+        if (from.ss_family == AF_INET && msg.msg_namelen >= sizeof(struct sockaddr_in)) {
+            family = 4;
+            src = (const unsigned char *)&((struct sockaddr_in *)&from)->sin_addr;
+        } else if (from.ss_family == AF_INET6 && msg.msg_namelen >= sizeof(struct sockaddr_in6)) {
+            family = 6;
+            src = (const unsigned char *)&((struct sockaddr_in6 *)&from)->sin6_addr;
+        }
+        if (src == NULL)
+            continue;
+        uint64_t counter = get_be64(d + off + 20);
+        int i = lane->ring[counter % RING];
+        struct gue_slot *s = gue_slot_of(lane, i);
+        if (s != NULL && s->in_flight && s->counter == counter) {
+            if (s->v6 == (family == 6) && memcmp(s->addr, src, family == 6 ? 16 : 4) == 0) {
+                s->in_flight = 0;
+                slots[matched] = i;
+                latency[matched] = ts != 0 && ts >= s->sent_ns ? (double)(ts - s->sent_ns) * 1e-9 : -1.0;
+                matched++;
+            }
+            continue; /* from another address: not the answer (Python ignores it too) */
+        }
+        /* a general run's reply, a duplicate or a late one: Python's matching decides */
+        if (lane->spill_len + len > lane->spill_cap) {
+            size_t cap = lane->spill_cap ? lane->spill_cap : 16384;
+            while (cap < lane->spill_len + len)
+                cap *= 2;
+            char *grown = realloc(lane->spill, cap);
+            if (grown == NULL)
+                continue;
+            lane->spill = grown;
+            lane->spill_cap = cap;
+        }
+        struct hc_gue_other *o = &others[(*n_others)++];
+        memcpy(lane->spill + lane->spill_len, d, len);
+        o->off = (uint32_t)lane->spill_len;
+        o->len = (uint32_t)len;
+        o->ts_ns = ts;
+        o->family = family;
+        memset(o->addr, 0, sizeof(o->addr));
+        memcpy(o->addr, src, family == 6 ? 16 : 4);
+        lane->spill_len += len;
+    }
+    return matched;
+}
+
+const char *hc_gue_spill(struct hc_gue_lane *lane) { return lane->spill; }

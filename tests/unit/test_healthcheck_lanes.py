@@ -10,18 +10,23 @@ kernel timestamp, end of stream, a reset) is what the general path needs to go o
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import ipaddress
+import os
 import socket
 import struct
 import time
 
 import cffi
 import pytest
+import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from healthcheck import CheckSpec, HealthChecker, Target, Timing, Verdict
 from healthcheck._lanes import ffi, lib
-from healthcheck.checks import _SO_TIMESTAMPNS, _CheckFailed, _response
+from healthcheck.checks import _SO_TIMESTAMPNS, _TOKEN_MAGIC, _CheckFailed, _ProbeTemplate, _response
 from tests.fuzz.seeds import HTTP_RESPONSES
 
 STATUSES = (200, 204, 304, 404, 503)
@@ -247,3 +252,142 @@ def test_lane_slots_are_reused_and_checked():
     codes, det = ffi.new("int[]", 1), ffi.new("struct hc_detail[]", 1)
     lib.hc_http_send(lane.c, ffi.new("int[]", [other]), ffi.new("int[]", [0]), 1, codes, det)
     assert codes[0] == lib.HC_ERROR and det[0].err == errno.EBADF  # a released slot is not used
+
+
+# ----------------------------------------------------------------------------- the tunnel lane
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("cannot run in CI: needs root (raw sockets)", pytrace=False)
+        pytest.skip("needs root (raw sockets)")
+
+
+def test_gue_probe_bytes_are_the_python_ones():
+    """The C lane writes a probe's counter and checksums itself: byte for byte what
+    _ProbeTemplate.build (checked against build_tunnel_probe and scapy) makes, both families and
+    kinds, counters that wrap the 16-bit sequence number."""
+    nonce = b"\x01\x02\x03\x04"
+    lane = ffi.gc(lib.hc_gue_new(0xBEEF, _TOKEN_MAGIC + nonce), lib.hc_gue_free)
+    out = ffi.new("unsigned char[]", lib.HC_PROBE_MAX)
+    for src_text, dst_text in (("192.0.2.10", "198.51.100.11"), ("2001:db8::10", "2001:db8:1::11")):
+        src, dst = ipaddress.ip_address(src_text), ipaddress.ip_address(dst_text)
+        for kind in ("gue", "fou"):
+            t = _ProbeTemplate(kind, src, dst, 0xBEEF, nonce)
+            probe = t.build(0)
+            slot = lib.hc_gue_slot(lane, -1, probe, len(probe), dst.version == 6, dst.packed, 19523, -1)
+            assert slot >= 0
+            for counter in (1, 7, 0xFFFF, 0x10000, 2**40 + 12345, 2**64 - 1):
+                n = lib.hc_gue_build(lane, slot, counter, out, lib.HC_PROBE_MAX)
+                assert ffi.buffer(out, n)[:] == t.build(counter), (kind, dst, counter)
+    assert lib.hc_gue_slot(lane, -1, b"short", 5, False, b"\0" * 4, 1, -1) == -1  # not a probe
+
+
+def test_gue_lane_send_and_match_on_loopback():
+    """Probes sent by the C lane to a stand-in decapsulator on loopback; the kernel answers
+    their inner echo requests, the C read matches the replies to their slots (latency from the
+    kernel timestamps); a reply to a probe taken off the lane is handed back with its bytes."""
+    need_root()
+    dst = ipaddress.ip_address("127.0.0.5")
+    nonce = os.urandom(4)
+    ident = 0x4242
+    decap = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    decap.bind((str(dst), 0))
+    port = decap.getsockname()[1]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_ICMP)
+    rx.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    rx.setsockopt(255, 1, struct.pack("I", ~1 & 0xFFFFFFFF))  # SOL_RAW, ICMP_FILTER: echo replies only
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    lane = ffi.gc(lib.hc_gue_new(ident, _TOKEN_MAGIC + nonce), lib.hc_gue_free)
+    try:
+        t = _ProbeTemplate("gue", ipaddress.ip_address("127.0.0.1"), dst, ident, nonce)
+        probe = t.build(0)
+        slots = [
+            lib.hc_gue_slot(lane, -1, probe, len(probe), False, dst.packed, port, tx.fileno())
+            for _ in range(3)
+        ]
+        codes, errs = ffi.new("int[]", 3), ffi.new("int[]", 3)
+        assert lib.hc_gue_send(lane, ffi.new("int[]", slots), 3, 1000, codes, errs) == 0
+        counter, sent = ffi.new("uint64_t *"), ffi.new("int64_t *")
+        assert lib.hc_gue_take(lane, slots[2], counter, sent) == 1 and counter[0] == 1002  # off the lane
+        for i in range(3):  # the decapsulator: strip GUE, hand the inner packet to the kernel
+            data = decap.recv(2048)
+            assert data == t.build(1000 + i)
+            raw.sendto(data[8:], (str(dst), 0))
+        time.sleep(0.05)
+        m_slots, lat = ffi.new("int[]", 8), ffi.new("double[]", 8)
+        others, n_others = ffi.new("struct hc_gue_other[]", 8), ffi.new("int *")
+        m = lib.hc_gue_read(lane, rx.fileno(), True, m_slots, lat, 8, others, 8, n_others)
+        assert sorted(ffi.unpack(m_slots, m)) == sorted(slots[:2])
+        assert all(0 <= x < 1 for x in ffi.unpack(lat, m))
+        assert n_others[0] == 1
+        o = others[0]
+        reply = ffi.buffer(lib.hc_gue_spill(lane) + o.off, o.len)[:]
+        assert o.family == 4 and bytes(o.addr[0:4]) == dst.packed and o.ts_ns > 0
+        assert reply[20:22] == b"\0\0" and reply[-8:] == (1002).to_bytes(8, "big")  # echo reply, its token
+        # a slot that answered is no longer in flight: a duplicate reply goes to Python
+        assert lib.hc_gue_take(lane, slots[0], counter, sent) == 0
+    finally:
+        for s in (decap, tx, rx, raw):
+            s.close()
+
+
+def test_gue_lane_in_the_scheduler():
+    """A gue check through the scheduler against a stand-in decapsulator on loopback: the
+    steady-state probes pass on the C lane; when the decapsulator stops, the lane's unanswered
+    probes go on as general runs and time out (down after fall); back again, up after rise."""
+    need_root()
+    dst = ipaddress.ip_address("127.0.0.6")
+    decap = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    decap.bind((str(dst), 0))
+    port = decap.getsockname()[1]
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    changes: list[Verdict] = []
+    state = {"answer": True, "probes": 0}
+
+    async def go() -> dict[str, int]:
+        loop = asyncio.get_running_loop()
+
+        def on_probe() -> None:
+            while True:
+                try:
+                    data = decap.recv(2048)
+                except BlockingIOError:
+                    return
+                state["probes"] += 1
+                if state["answer"]:
+                    raw.sendto(data[8:], (str(dst), 0))
+
+        loop.add_reader(decap.fileno(), on_probe)
+        t = Timing(interval=0.02, timeout=0.1, rise=2, fall=2, jitter=0.0)
+        hc = HealthChecker(on_change=changes.append, tick=0.01)
+        hc.set_targets([Target("b", dst, (CheckSpec("gue", port),), t)])
+        end = loop.time() + 20
+
+        async def until(cond) -> None:
+            while not cond():
+                assert loop.time() < end, (state, changes)
+                await asyncio.sleep(0.01)
+
+        await until(lambda: state["probes"] >= 30)
+        state["answer"] = False
+        await until(lambda: len(changes) >= 2)
+        state["answer"] = True
+        await until(lambda: len(changes) >= 3)
+        fast = hc.checker.fast_passes()
+        await hc.stop()
+        loop.remove_reader(decap.fileno())
+        return fast
+
+    try:
+        fast = uvloop.run(go())
+    finally:
+        decap.close()
+        raw.close()
+    assert [(v.healthy, v.previous) for v in changes] == [(True, None), (False, True), (True, False)]
+    assert "no echo reply" in (changes[1].result.error or "")
+    assert fast["tunnel"] >= 20  # the steady state went through the C lane
