@@ -156,13 +156,11 @@ static inline uint64_t flow_hash(const uint64_t sip[4], const struct pkt *p, uns
 static inline int verdict_count(int v, struct fwd_result *res, struct fwd_counters *c)
 {
 	res->verdict = (uint8_t)v;
-	if (c) {
-		c->verdicts[v]++;
-		if (v == FWD_DROP)
-			c->drops[res->reason]++;
-		else if (v == FWD_REPLY)
-			c->icmp_replies++;
-	}
+	c->verdicts[v]++;
+	if (v == FWD_DROP)
+		c->drops[res->reason]++;
+	else if (v == FWD_REPLY)
+		c->icmp_replies++;
 	return v;
 }
 
@@ -199,10 +197,8 @@ static inline int stage_classify(const struct fwd_snapshot *s, uint8_t *buf, uin
 	b = &s->binds[bi];
 	res->bind = (uint16_t)bi;
 	res->table = b->table;
-	if (c) {
-		c->binds[bi].packets++;
-		c->binds[bi].bytes += len;
-	}
+	c->binds[bi].packets++;
+	c->binds[bi].bytes += len;
 	if (!(t = s->bind_table[bi])) {   /* no such table: snapshot_new forbids */
 		res->reason = FWD_DROP_NO_BACKEND;
 		return verdict_count(FWD_DROP, res, c);
@@ -236,11 +232,9 @@ static inline int stage_forward(const struct fwd_snapshot *s, const struct fwd_s
 	if (v != FWD_FORWARD)
 		return verdict_count(v, res, c);
 	res->verdict = FWD_FORWARD;
-	if (c) {
-		c->verdicts[FWD_FORWARD]++;
-		c->backends[res->table][row.primary].packets++;
-		c->backends[res->table][row.primary].bytes += res->out_len;
-	}
+	c->verdicts[FWD_FORWARD]++;
+	c->backends[res->table][row.primary].packets++;
+	c->backends[res->table][row.primary].bytes += res->out_len;
 	return FWD_FORWARD;
 }
 

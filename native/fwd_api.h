@@ -188,8 +188,9 @@ struct fwd_counters {
 /*
  * Process one frame in place. The frame is buf[off .. off+len); the bytes
  * before it (off >= FWD_MIN_HEADROOM) and after it up to buf_size may be
- * overwritten. Never allocates, never blocks. counters may be NULL.
- * Returns the verdict.
+ * overwritten. Never allocates, never blocks. Returns the verdict.
+ * counters must not be NULL (the per-packet path does not test it): a caller
+ * that does not read them passes a scratch block of its own.
  */
 int fwd_process(const struct fwd_snapshot *s, uint8_t *buf, uint32_t buf_size,
 		uint32_t off, uint32_t len, struct fwd_result *res,
@@ -198,7 +199,7 @@ int fwd_process(const struct fwd_snapshot *s, uint8_t *buf, uint32_t buf_size,
 /*
  * Process n frames laid out at a fixed stride: frame i is
  * bufs[i*stride + headroom .. + lens[i]); results[i] offsets are relative to
- * the start of slot i (bufs + i*stride).
+ * the start of slot i (bufs + i*stride). counters must not be NULL.
  */
 void fwd_process_batch(const struct fwd_snapshot *s, uint8_t *bufs, uint32_t stride,
 		       uint32_t headroom, const uint32_t *lens, uint32_t n,

@@ -102,11 +102,12 @@ static void glb_example_check(const struct fwd_snapshot *s)
 		0x45, 0, 0, 80, 0, 0, 0x40, 0, 64, 17, 0x70, 0x92, 192, 0, 2, 1, 3, 4, 5, 6,
 		0xee, 0xd3, 0x4c, 0x43, 0, 60, 0, 0,
 		2, 4, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5};
+	static struct fwd_counters scratch;   /* counters are required; not checked here */
 	uint8_t buf[256];
 	struct fwd_result res;
 
 	memcpy(buf + 128, syn, sizeof(syn));
-	CHECK(fwd_process(s, buf, sizeof(buf), 128, sizeof(syn), &res, NULL) == FWD_FORWARD);
+	CHECK(fwd_process(s, buf, sizeof(buf), 128, sizeof(syn), &res, &scratch) == FWD_FORWARD);
 	CHECK(res.flow_hash == 0x008972f1657a5cbdull && res.row == 0x5cbd);
 	CHECK(res.gue_sport == 61139 && res.primary == 2 && res.secondary == 1);
 	CHECK(res.out_len == sizeof(outer) + 40);
