@@ -490,6 +490,8 @@ int64_t hc_http_sent(struct hc_http_lane *lane, int i)
 #define RING 65536u /* counter -> slot, checked against the slot's counter */
 #define TOKEN_HEAD 12u /* magic + nonce */
 #define ECHO_LEN 28u   /* ICMP header + token */
+#define BATCH 32u      /* messages per sendmmsg / recvmmsg call */
+#define RX_MAX 2048u   /* one echo reply (a longer datagram is truncated: not ours anyway) */
 
 struct gue_slot {
     unsigned char probe[HC_PROBE_MAX];
@@ -516,7 +518,8 @@ struct hc_gue_lane {
     int32_t ring[RING];
     char *spill;
     size_t spill_len, spill_cap;
-    unsigned char scratch[2048];
+    unsigned char out[BATCH][HC_PROBE_MAX]; /* one tick's probes, as sendmmsg takes them */
+    unsigned char rx[BATCH][RX_MAX];
 };
 
 struct hc_gue_lane *hc_gue_new(int ident, const unsigned char *token_head)
@@ -657,37 +660,72 @@ int hc_gue_build(struct hc_gue_lane *lane, int i, uint64_t counter, unsigned cha
     return (int)s->len;
 }
 
+/* Messages k.. of a batch went (r of them) or the first of them failed (r < 0): record it */
+static int sent(struct hc_gue_lane *lane, const int *slots, const int *idx, unsigned k, int r, int err,
+                uint64_t first, int *codes, int *errs)
+{
+    if (r <= 0) {
+        int at = idx[k];
+        codes[at] = HC_ERROR;
+        errs[at] = r < 0 ? err : EAGAIN; /* r == 0 is not expected for a non-empty batch */
+        lane->slots[slots[at]].in_flight = 0;
+        return 1;
+    }
+    for (unsigned j = k; j < k + (unsigned)r; j++) {
+        int at = idx[j];
+        codes[at] = HC_PASS;
+        lane->slots[slots[at]].in_flight = 1;
+        lane->ring[(first + (uint64_t)at) % RING] = slots[at];
+    }
+    return r;
+}
+
+/* One sendmmsg per run of (at most BATCH) probes that leave by the same socket, each message
+ * with its own destination. sendmmsg reports only how many went: the message after them is
+ * sent again at the head of the next call, which then fails with that message's own errno
+ * (what sendto reports for it) or sends it and the rest. */
 int hc_gue_send(struct hc_gue_lane *lane, const int *slots, int n, uint64_t first, int *codes, int *errs)
 {
     int unusual = 0;
-    unsigned char buf[HC_PROBE_MAX];
-    for (int i = 0; i < n; i++) {
-        struct gue_slot *s = gue_slot_of(lane, slots[i]);
-        errs[i] = 0;
-        if (s == NULL) {
-            codes[i] = HC_ERROR;
-            errs[i] = EBADF;
-            unusual++;
-            continue;
+    int i = 0;
+    while (i < n) {
+        struct mmsghdr mm[BATCH];
+        struct iovec iov[BATCH];
+        int idx[BATCH];
+        unsigned m = 0;
+        int fd = -1;
+        int64_t now = now_ns();
+        for (; i < n && m < BATCH; i++) {
+            struct gue_slot *s = gue_slot_of(lane, slots[i]);
+            if (s == NULL) {
+                codes[i] = HC_ERROR;
+                errs[i] = EBADF;
+                unusual++;
+                continue;
+            }
+            if (m > 0 && s->fd != fd)
+                break; /* another socket: the next batch */
+            fd = s->fd;
+            errs[i] = 0;
+            uint64_t counter = first + (uint64_t)i;
+            build(s, counter, lane->out[m]);
+            s->counter = counter;
+            s->sent_ns = now;
+            iov[m] = (struct iovec){.iov_base = lane->out[m], .iov_len = s->len};
+            mm[m].msg_hdr = (struct msghdr){.msg_name = &s->dest, .msg_namelen = s->dest_len,
+                                            .msg_iov = &iov[m], .msg_iovlen = 1};
+            mm[m].msg_len = 0;
+            idx[m++] = i;
         }
-        uint64_t counter = first + (uint64_t)i;
-        build(s, counter, buf);
-        s->counter = counter;
-        s->sent_ns = now_ns();
-        ssize_t r;
-        do
-            r = sendto(s->fd, buf, s->len, MSG_DONTWAIT, (struct sockaddr *)&s->dest, s->dest_len);
-        while (r < 0 && errno == EINTR);
-        if (r < 0) {
-            codes[i] = HC_ERROR;
-            errs[i] = errno;
-            s->in_flight = 0;
-            unusual++;
-            continue;
+        for (unsigned k = 0; k < m;) {
+            int r = sendmmsg(fd, mm + k, m - k, MSG_DONTWAIT);
+            if (r < 0 && errno == EINTR)
+                continue;
+            int done = sent(lane, slots, idx, k, r, errno, first, codes, errs);
+            if (r <= 0)
+                unusual++;
+            k += (unsigned)done;
         }
-        codes[i] = HC_PASS;
-        s->in_flight = 1;
-        lane->ring[counter % RING] = slots[i];
     }
     return unusual;
 }
@@ -721,90 +759,115 @@ static uint64_t get_be64(const unsigned char *p)
     return v;
 }
 
+/* One datagram from the raw socket: our echo reply to an in-flight slot goes to slots[] and
+ * latency[], an echo reply to another of our probes to others[] (Python's matching decides),
+ * anything else is dropped. */
+static void take_reply(struct hc_gue_lane *lane, const unsigned char *d, size_t len, const struct msghdr *msg,
+                       int v4, int *slots, double *latency, int *matched, struct hc_gue_other *others,
+                       int *n_others)
+{
+    if (len > RX_MAX)
+        len = RX_MAX; /* truncated datagram (MSG_TRUNC): not ours anyway */
+    size_t off = v4 ? (len > 0 ? (size_t)(d[0] & 0x0f) * 4 : 0) : 0;
+    /* ours: 8 bytes of ICMP header (our identifier) + the token */
+    if (len == 0 || len != off + ECHO_LEN || memcmp(d + off + 8, lane->token_head, TOKEN_HEAD) != 0 ||
+        memcmp(d + off + 4, lane->ident, 2) != 0)
+        return;
+    int64_t ts = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR((struct msghdr *)msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
+            c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec t;
+            memcpy(&t, CMSG_DATA(c), sizeof(t));
+            ts = (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+            break;
+        }
+    }
+    const struct sockaddr_storage *from = msg->msg_name;
+    int family = 0;
+    const unsigned char *src = NULL;
+    if (from->ss_family == AF_INET && msg->msg_namelen >= sizeof(struct sockaddr_in)) {
+        family = 4;
+        src = (const unsigned char *)&((const struct sockaddr_in *)from)->sin_addr;
+    } else if (from->ss_family == AF_INET6 && msg->msg_namelen >= sizeof(struct sockaddr_in6)) {
+        family = 6;
+        src = (const unsigned char *)&((const struct sockaddr_in6 *)from)->sin6_addr;
+    }
+    if (src == NULL)
+        return;
+    uint64_t counter = get_be64(d + off + 20);
+    int i = lane->ring[counter % RING];
+    struct gue_slot *s = gue_slot_of(lane, i);
+    if (s != NULL && s->in_flight && s->counter == counter) {
+        if (s->v6 == (family == 6) && memcmp(s->addr, src, family == 6 ? 16 : 4) == 0) {
+            s->in_flight = 0;
+            slots[*matched] = i;
+            latency[*matched] = ts != 0 && ts >= s->sent_ns ? (double)(ts - s->sent_ns) * 1e-9 : -1.0;
+            (*matched)++;
+        }
+        return; /* from another address: not the answer (Python ignores it too) */
+    }
+    /* a general run's reply, a duplicate or a late one: Python's matching decides */
+    if (lane->spill_len + len > lane->spill_cap) {
+        size_t cap = lane->spill_cap ? lane->spill_cap : 16384;
+        while (cap < lane->spill_len + len)
+            cap *= 2;
+        char *grown = realloc(lane->spill, cap);
+        if (grown == NULL)
+            return;
+        lane->spill = grown;
+        lane->spill_cap = cap;
+    }
+    struct hc_gue_other *o = &others[(*n_others)++];
+    memcpy(lane->spill + lane->spill_len, d, len);
+    o->off = (uint32_t)lane->spill_len;
+    o->len = (uint32_t)len;
+    o->ts_ns = ts;
+    o->family = family;
+    memset(o->addr, 0, sizeof(o->addr));
+    memcpy(o->addr, src, family == 6 ? 16 : 4);
+    lane->spill_len += len;
+}
+
+/* Drains the raw socket with recvmmsg, BATCH datagrams a call; never more than slots[] and
+ * others[] have room for (each datagram fills at most one of them), so none is lost. */
 int hc_gue_read(struct hc_gue_lane *lane, int fd, int v4, int *slots, double *latency, int max,
                 struct hc_gue_other *others, int max_others, int *n_others)
 {
     int matched = 0;
     *n_others = 0;
     lane->spill_len = 0;
-    while (matched < max && *n_others < max_others) {
+    for (;;) {
+        int room = max - matched < max_others - *n_others ? max - matched : max_others - *n_others;
+        if (room <= 0)
+            break;
+        unsigned want = room < (int)BATCH ? (unsigned)room : BATCH;
         union {
             char buf[CMSG_SPACE(sizeof(struct timespec))];
             struct cmsghdr align;
-        } control;
-        struct sockaddr_storage from;
-        struct iovec iov = {.iov_base = lane->scratch, .iov_len = sizeof(lane->scratch)};
-        struct msghdr msg = {.msg_name = &from, .msg_namelen = sizeof(from), .msg_iov = &iov,
-                             .msg_iovlen = 1, .msg_control = control.buf,
-                             .msg_controllen = sizeof(control.buf)};
-        ssize_t r = recvmsg(fd, &msg, MSG_DONTWAIT);
+        } control[BATCH];
+        struct sockaddr_storage from[BATCH];
+        struct iovec iov[BATCH];
+        struct mmsghdr mm[BATCH];
+        for (unsigned k = 0; k < want; k++) {
+            iov[k] = (struct iovec){.iov_base = lane->rx[k], .iov_len = RX_MAX};
+            mm[k].msg_hdr = (struct msghdr){.msg_name = &from[k], .msg_namelen = sizeof(from[k]),
+                                            .msg_iov = &iov[k], .msg_iovlen = 1,
+                                            .msg_control = control[k].buf,
+                                            .msg_controllen = sizeof(control[k].buf)};
+            mm[k].msg_len = 0;
+        }
+        int r = recvmmsg(fd, mm, want, MSG_DONTWAIT, NULL);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
             break; /* EAGAIN: drained (or an error Python's loop would stop at too) */
         }
-        const unsigned char *d = lane->scratch;
-        size_t len = (size_t)r;
-        if (len > sizeof(lane->scratch))
-            len = sizeof(lane->scratch); /* truncated datagram (MSG_TRUNC): not ours anyway */
-        size_t off = v4 ? (len > 0 ? (size_t)(d[0] & 0x0f) * 4 : 0) : 0;
-        /* ours: 8 bytes of ICMP header (our identifier) + the token */
-        if (len == 0 || len != off + ECHO_LEN || memcmp(d + off + 8, lane->token_head, TOKEN_HEAD) != 0 ||
-            memcmp(d + off + 4, lane->ident, 2) != 0)
-            continue;
-        int64_t ts = 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
-                c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
-                struct timespec t;
-                memcpy(&t, CMSG_DATA(c), sizeof(t));
-                ts = (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-                break;
-            }
-        }
-        int family = 0;
-        const unsigned char *src = NULL;
-        if (from.ss_family == AF_INET && msg.msg_namelen >= sizeof(struct sockaddr_in)) {
-            family = 4;
-            src = (const unsigned char *)&((struct sockaddr_in *)&from)->sin_addr;
-        } else if (from.ss_family == AF_INET6 && msg.msg_namelen >= sizeof(struct sockaddr_in6)) {
-            family = 6;
-            src = (const unsigned char *)&((struct sockaddr_in6 *)&from)->sin6_addr;
-        }
-        if (src == NULL)
-            continue;
-        uint64_t counter = get_be64(d + off + 20);
-        int i = lane->ring[counter % RING];
-        struct gue_slot *s = gue_slot_of(lane, i);
-        if (s != NULL && s->in_flight && s->counter == counter) {
-            if (s->v6 == (family == 6) && memcmp(s->addr, src, family == 6 ? 16 : 4) == 0) {
-                s->in_flight = 0;
-                slots[matched] = i;
-                latency[matched] = ts != 0 && ts >= s->sent_ns ? (double)(ts - s->sent_ns) * 1e-9 : -1.0;
-                matched++;
-            }
-            continue; /* from another address: not the answer (Python ignores it too) */
-        }
-        /* a general run's reply, a duplicate or a late one: Python's matching decides */
-        if (lane->spill_len + len > lane->spill_cap) {
-            size_t cap = lane->spill_cap ? lane->spill_cap : 16384;
-            while (cap < lane->spill_len + len)
-                cap *= 2;
-            char *grown = realloc(lane->spill, cap);
-            if (grown == NULL)
-                continue;
-            lane->spill = grown;
-            lane->spill_cap = cap;
-        }
-        struct hc_gue_other *o = &others[(*n_others)++];
-        memcpy(lane->spill + lane->spill_len, d, len);
-        o->off = (uint32_t)lane->spill_len;
-        o->len = (uint32_t)len;
-        o->ts_ns = ts;
-        o->family = family;
-        memset(o->addr, 0, sizeof(o->addr));
-        memcpy(o->addr, src, family == 6 ? 16 : 4);
-        lane->spill_len += len;
+        for (int k = 0; k < r; k++)
+            take_reply(lane, lane->rx[k], mm[k].msg_len, &mm[k].msg_hdr, v4, slots, latency, &matched,
+                       others, n_others);
+        if ((unsigned)r < want)
+            break; /* the queue is empty (a later datagram waits for the next tick) */
     }
     return matched;
 }

@@ -393,3 +393,121 @@ def test_gue_lane_in_the_scheduler():
     # the steady state went through the C lane (>= 30 probes; a reply that misses the next tick
     # on a loaded machine goes on as a general run by design, hence not all of them)
     assert fast["tunnel"] >= 10
+
+
+def _gue_loopback(dst_text: str):
+    """A stand-in decapsulator on loopback and the lane's sockets: (dst, port, decap, tx, rx, raw)."""
+    dst = ipaddress.ip_address(dst_text)
+    decap = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    decap.bind((str(dst), 0))
+    decap.settimeout(5)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_ICMP)
+    rx.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    rx.setsockopt(255, 1, struct.pack("I", ~1 & 0xFFFFFFFF))  # SOL_RAW, ICMP_FILTER: echo replies only
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    return dst, decap.getsockname()[1], decap, tx, rx, raw
+
+
+def _decapsulate(decap: socket.socket, raw: socket.socket, dst, n: int) -> list[bytes]:
+    """Receives n probes and hands their inner echo requests to the kernel, which answers them."""
+    got = []
+    for _ in range(n):
+        data = decap.recv(2048)
+        got.append(data)
+        raw.sendto(data[8:], (str(dst), 0))
+    return got
+
+
+def _read_all(lane, rx, max_: int) -> tuple[list[int], list[float], int]:
+    m_slots, lat = ffi.new("int[]", max_), ffi.new("double[]", max_)
+    others, n_others = ffi.new("struct hc_gue_other[]", max_), ffi.new("int *")
+    m = lib.hc_gue_read(lane, rx.fileno(), True, m_slots, lat, max_, others, max_, n_others)
+    return ffi.unpack(m_slots, m), ffi.unpack(lat, m), n_others[0]
+
+
+def test_gue_lane_more_probes_than_one_batch():
+    """100 probes in one tick (more than one sendmmsg / recvmmsg batch): every probe reaches the
+    decapsulator with its own counter, every reply is matched to its slot with a latency from
+    the kernel timestamp; a read with less room than replies waiting leaves the rest queued."""
+    need_root()
+    n = 100
+    dst, port, decap, tx, rx, raw = _gue_loopback("127.0.0.7")
+    nonce, ident = os.urandom(4), 0x4343
+    lane = ffi.gc(lib.hc_gue_new(ident, _TOKEN_MAGIC + nonce), lib.hc_gue_free)
+    try:
+        t = _ProbeTemplate("gue", ipaddress.ip_address("127.0.0.1"), dst, ident, nonce)
+        probe = t.build(0)
+        slots = [
+            lib.hc_gue_slot(lane, -1, probe, len(probe), False, dst.packed, port, tx.fileno())
+            for _ in range(n)
+        ]
+        codes, errs = ffi.new("int[]", n), ffi.new("int[]", n)
+        assert lib.hc_gue_send(lane, ffi.new("int[]", slots), n, 5000, codes, errs) == 0
+        assert ffi.unpack(codes, n) == [lib.HC_PASS] * n and ffi.unpack(errs, n) == [0] * n
+        got = _decapsulate(decap, raw, dst, n)
+        assert sorted(got) == sorted(t.build(5000 + i) for i in range(n))
+        time.sleep(0.05)
+        first, lat1, others1 = _read_all(lane, rx, 40)  # room for 40: the other 60 stay queued
+        rest, lat2, others2 = _read_all(lane, rx, 128)
+        assert len(first) == 40 and len(rest) == 60 and others1 == others2 == 0
+        assert sorted(first + rest) == sorted(slots)
+        assert all(0 <= x < 5 for x in lat1 + lat2)
+    finally:
+        for s in (decap, tx, rx, raw):
+            s.close()
+
+
+def test_gue_lane_send_failures_among_good_probes():
+    """A probe whose send fails (a broadcast destination without SO_BROADCAST) and a released
+    slot among good probes on two sockets: each failure gets the errno sendto gives for that
+    destination, every other probe is sent with its own counter and matched."""
+    need_root()
+    dst, port, decap, tx, rx, raw = _gue_loopback("127.0.0.8")
+    tx2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    bcast = ipaddress.ip_address("255.255.255.255")
+    nonce, ident = os.urandom(4), 0x4444
+    lane = ffi.gc(lib.hc_gue_new(ident, _TOKEN_MAGIC + nonce), lib.hc_gue_free)
+    try:
+        t = _ProbeTemplate("gue", ipaddress.ip_address("127.0.0.1"), dst, ident, nonce)
+        probe = t.build(0)
+        with pytest.raises(OSError) as failed:  # what sendto says for that destination
+            tx.sendto(probe, (str(bcast), port))
+        want_errno = failed.value.errno
+
+        def slot(addr, fd: int) -> int:
+            return lib.hc_gue_slot(lane, -1, probe, len(probe), False, addr.packed, port, fd)
+
+        plan = [
+            slot(dst, tx.fileno()),
+            slot(dst, tx.fileno()),
+            slot(bcast, tx.fileno()),
+            slot(dst, tx.fileno()),
+            -1,  # a released slot, below
+            slot(dst, tx2.fileno()),
+            slot(bcast, tx2.fileno()),
+            slot(dst, tx.fileno()),
+        ]
+        plan[4] = slot(dst, tx.fileno())
+        lib.hc_gue_release(lane, plan[4])
+        bad = {2: want_errno, 4: errno.EBADF, 6: want_errno}
+        n = len(plan)
+        codes, errs = ffi.new("int[]", n), ffi.new("int[]", n)
+        assert lib.hc_gue_send(lane, ffi.new("int[]", plan), n, 700, codes, errs) == len(bad)
+        for i in range(n):
+            if i in bad:
+                assert (codes[i], errs[i]) == (lib.HC_ERROR, bad[i]), i
+            else:
+                assert (codes[i], errs[i]) == (lib.HC_PASS, 0), i
+        good = [i for i in range(n) if i not in bad]
+        got = _decapsulate(decap, raw, dst, len(good))
+        assert sorted(got) == sorted(t.build(700 + i) for i in good)
+        time.sleep(0.05)
+        matched, lat, n_others = _read_all(lane, rx, 16)
+        assert sorted(matched) == sorted(plan[i] for i in good) and n_others == 0
+        assert all(0 <= x < 5 for x in lat)
+        counter, sent = ffi.new("uint64_t *"), ffi.new("int64_t *")
+        assert lib.hc_gue_take(lane, plan[2], counter, sent) == 0  # a failed send is not in flight
+    finally:
+        for s in (decap, tx, tx2, rx, raw):
+            s.close()
