@@ -61,15 +61,15 @@ int hc_http_complete(const char *buf, size_t len, int expected);
  * build_tunnel_probe writes: the 8-byte encapsulation head, the inner IPv4 or IPv6 header, an
  * ICMP echo request whose payload is the 20-byte token ending in the counter), its destination
  * and the socket it leaves by. hc_gue_send() writes each probe's counter (the sequence number,
- * the IPv4 id, the token's last 8 bytes), recomputes the checksums and sends it;
- * hc_gue_read() drains the raw ICMP socket: an echo reply to an in-flight slot's probe from its
+ * the IPv4 id, the token's last 8 bytes), recomputes the checksums and sends them (sendmmsg);
+ * hc_gue_read() drains the raw ICMP socket (recvmmsg): an echo reply to an in-flight slot's probe from its
  * address is a match (slot, latency), any other reply of ours is handed back for Python's
  * matching (the general runs). */
 #define HC_PROBE_MAX 128
 
 struct hc_gue_lane;
 
-/* A reply handed back: spill + off, len bytes (as recvmsg returned them), its source address
+/* A reply handed back: spill + off, len bytes (as recvmmsg returned them), its source address
  * (4 or 16 bytes, family 4 or 6) and arrival ts_ns (0 without one). */
 struct hc_gue_other {
     uint32_t off;
