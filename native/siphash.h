@@ -157,12 +157,7 @@ static inline __attribute__((always_inline)) uint64_t fwd_sip_finish_first(struc
 static inline __attribute__((always_inline)) uint64_t fwd_sip_finish(struct fwd_sip *s, uint64_t tail, uint64_t inlen)
 {
 	fwd_sip_absorb(s, tail | inlen << 56);
-	s->v2 ^= 0xff;
-	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
-	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
-	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
-	FWD_SIPROUND(s->v0, s->v1, s->v2, s->v3);
-	return s->v0 ^ s->v1 ^ s->v2 ^ s->v3;
+	return fwd_sip_rounds_out(s);
 }
 
 #endif
