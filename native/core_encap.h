@@ -202,17 +202,20 @@ static inline int gue_encap_plain(const struct fwd_snapshot *s, const struct fwd
 static inline int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_table *t, uint8_t *buf,
 			    uint32_t off, const struct pkt *p, struct fwd_result *res)
 {
-	if (gue_encap_plain(s, &t->encap[p->primary],
-			     p->secondary != p->primary && p->secondary < t->nbackends ?
-				     &t->encap[p->secondary] : &t->no_hop,
-			     buf, off, p, res))
-		return FWD_FORWARD;
-
-	const struct fwd_node_spec *node = &s->node;
+	/* The records are found once for both paths, with one index type, and pe is
+	 * made opaque to the optimizer: otherwise gcc computed the primary's record
+	 * address twice (an int and an unsigned index, and the record's offset
+	 * folded into each field's displacement). */
 	uint32_t pi = p->primary, si = p->secondary;
 	const struct fwd_snap_encap *pe = &t->encap[pi];
 	/* the hop: the secondary, or none (no_hop's zero length and words) */
 	const struct fwd_snap_encap *he = si != pi && si < t->nbackends ? &t->encap[si] : &t->no_hop;
+
+	__asm__("" : "+r"(pe));
+	if (gue_encap_plain(s, pe, he, buf, off, p, res))
+		return FWD_FORWARD;
+
+	const struct fwd_node_spec *node = &s->node;
 	uint32_t v4 = pe->family == 4, iph = v4 ? 20 : 40, hop_bytes = he->hop_len;
 	/* what the outer total length / payload length can say */
 	uint32_t mtu = node->mtu, mtu_max = v4 ? 65535 : 40 + 65535;
@@ -226,7 +229,7 @@ static inline int gue_encap(const struct fwd_snapshot *s, const struct fwd_snap_
 	uint32_t outer_len = over + p->ip_len;
 
 	if (outer_len > mtu) {
-		if (p->no_frag && !p->icmp_err)
+		if (p->reply_ok)
 			return icmp_reply(buf, off, *p, mtu > over ? mtu - over : 0, res);
 		return encap_drop(res, FWD_DROP_TOO_BIG);
 	}

@@ -127,7 +127,7 @@ static inline __attribute__((always_inline)) int quote_parse(struct pkt *p, cons
 	p->dport = load_be16(q + hl);
 	p->hint = p->sport;
 	p->kind = PKT_PORTS;
-	p->icmp_err = 1;
+	p->reply_ok = 0;   /* never an ICMP error about an ICMP error */
 	p->first_vip = 0;   /* the reversed destination may be any bind's */
 	p->first_rule = 0;
 	return FWD_FORWARD;
@@ -153,7 +153,6 @@ pkt_parse_l3(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, struc
 	p->l2 = l2;
 	p->sport = 0;
 	p->dport = 0;
-	p->icmp_err = 0;
 
 	if (type == ETH_P_IPV4) {
 		if (avail < 20)
@@ -176,7 +175,7 @@ pkt_parse_l3(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, struc
 		p->first_vip = s->rules4[p->first_rule].bind;
 		frag = (load_be16(ip + 6) & 0x3fff) != 0;
 		frag_id = load_be16(ip + 4);
-		p->no_frag = (ip[6] & 0x40) != 0;
+		p->reply_ok = ip[6] & 0x40;   /* DF */
 		proto = ip[9];
 	} else if (type == ETH_P_IPV6) {
 		if (avail < 40)
@@ -202,7 +201,7 @@ pkt_parse_l3(const struct fwd_snapshot *s, const uint8_t *f, uint32_t len, struc
 		case EXT_TRUNCATED:
 			return parse_drop(p, FWD_DROP_TRUNCATED);
 		}
-		p->no_frag = 1;
+		p->reply_ok = 1;
 	} else {
 		return FWD_PASS;
 	}

@@ -49,8 +49,10 @@ struct pkt {
 	uint8_t family;        /* 4 or 6 */
 	uint8_t proto;         /* 6/17 (the quoted one for ICMP errors); ICMP for echo */
 	uint8_t kind;          /* enum pkt_kind */
-	uint8_t no_frag;       /* inner may not be fragmented (IPv4 DF, any IPv6) */
-	uint8_t icmp_err;      /* the inner packet is an ICMP error */
+	/* non-zero when an oversize frame gets an ICMP reply: the inner packet may not be
+	 * fragmented (IPv4 DF: the raw flags byte, so no shift or mask per frame; any IPv6)
+	 * and is not itself an ICMP error */
+	uint8_t reply_ok;
 	uint8_t reason;        /* FWD_DROP_* when pkt_parse returns FWD_DROP */
 	/* set by core.c from the row, read by gue_encap (not read back from res:
 	 * a narrow load from a wider store would stall on store forwarding) */
