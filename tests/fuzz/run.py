@@ -2,8 +2,8 @@
 
     python -m tests.fuzz.run [--seconds N] [--only TARGET...]
 
-Targets: core, table and hc_http (the health checker's HTTP framer; libFuzzer binaries from
-native/fuzz, built by `make -C native/fuzz` into build/fuzz/), config (atheris,
+Targets: core, table, hc_http and hc_gue (the health checker's HTTP framer and GUE reply reader;
+libFuzzer binaries from native/fuzz, built by `make -C native/fuzz` into build/fuzz/), config (atheris,
 tests/fuzz/fuzz_config.py). Each runs from its seeds (regenerated into build/fuzz/seeds/), the
 committed reproducers (tests/fuzz_regressions/) and its working corpus kept between runs
 (build/fuzz/corpus/). Full logs go to build/fuzz/logs/.
@@ -26,13 +26,14 @@ from tests.fuzz import seeds
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "fuzz"
 REGRESSIONS = ROOT / "tests" / "fuzz_regressions"
-TARGETS = ("core", "table", "config", "hc_http")
+TARGETS = ("core", "table", "config", "hc_http", "hc_gue")
 # per-target libFuzzer options: frames up to a jumbo frame; configs up to 16 KiB
 EXTRA = {
     "core": ["-max_len=9216"],
     "table": ["-max_len=512"],
     "config": ["-max_len=16384"],
     "hc_http": ["-max_len=16385"],  # one recv of an answer (HC_READ_MAX) after the status byte
+    "hc_gue": ["-max_len=4096"],  # up to 16 datagrams of up to 255 bytes, with their 2-byte heads
 }
 DICTS = {"config": ROOT / "tests" / "fuzz" / "config.dict"}
 # the sources each C target is about, for the line coverage figure
@@ -40,6 +41,7 @@ COVERED_SOURCES = {
     "core": ("core_parse.h", "core_encap.h", "core.c"),
     "table": ("table.c",),
     "hc_http": ("hc/hc_lanes.c",),
+    "hc_gue": ("hc/hc_lanes.c",),
 }
 
 

@@ -11,6 +11,9 @@ table:  a few update sequences: a build, a health flip, a drain, an add and a re
 config: the golden configs (TOML), examples/fwd.toml and examples/glb-forwarding-table.json.
 hc_http: HTTP_RESPONSES (usual and unusual answers to a health check), each after the byte of
         native/fuzz/fuzz_hc_http.c that picks the expected status 200.
+hc_gue: echo replies as native/fuzz/fuzz_hc_gue.c lays them out: one to each probe from its own
+        address, one from another address, a duplicate, one to a counter not in flight, IPv4 with
+        options, cut and overlong ones.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from tests import golden
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("core", "table", "config", "hc_http")
+TARGETS = ("core", "table", "config", "hc_http", "hc_gue")
 
 # fuzz_core.c's VARIANTS: the one that mirrors each golden config.
 CORE_VARIANT = {"golden": 0, "golden_echo": 1, "golden_mac": 1, "golden_v4only": 2, "golden_jumbo": 5}
@@ -137,6 +140,47 @@ def hc_http_seeds() -> list[bytes]:
     return [b"\x00" + r for r in HTTP_RESPONSES]
 
 
+# fuzz_hc_gue.c's constants: the lane's identifier and token head, the first probe's counter
+GUE_IDENT = 0x4242
+GUE_TOKEN_HEAD = b"fwd-hc-fuzz\x00"
+GUE_FIRST = 0x1000
+GUE_FROM = {"127.0.0.1": 0, "127.0.0.2": 1, "::1": 2}
+
+
+def _echo_reply(counter: int, ihl: int = 5) -> bytes:
+    """An ICMP echo reply carrying the lane's token, after an IPv4 header of ihl words (0: none)."""
+    ip = bytes([0x40 | ihl]) + bytes(4 * ihl - 1) if ihl else b""
+    icmp = bytes([0, 0, 0, 0]) + GUE_IDENT.to_bytes(2, "big") + (counter & 0xFFFF).to_bytes(2, "big")
+    return ip + icmp + GUE_TOKEN_HEAD + counter.to_bytes(8, "big")
+
+
+def _gue_input(sent: int, *dgrams: tuple[str, bytes]) -> bytes:
+    out = bytes([sent])
+    for source, d in dgrams:
+        out += bytes([GUE_FROM[source], len(d)]) + d
+    return out
+
+
+def hc_gue_seeds() -> list[bytes]:
+    c = [GUE_FIRST + i for i in range(6)]
+    return [
+        _gue_input(0b000001, ("127.0.0.1", _echo_reply(c[0]))),
+        # all six sent: slots 0-3 are IPv4 (127.0.0.1, .2, .1, .3), 4-5 IPv6 (::1)
+        _gue_input(
+            0b111111,
+            ("127.0.0.1", _echo_reply(c[0])),
+            ("127.0.0.2", _echo_reply(c[1])),
+            ("127.0.0.1", _echo_reply(c[2], ihl=15)),
+            ("127.0.0.1", _echo_reply(c[3])),  # slot 3's counter from the wrong address
+            ("::1", _echo_reply(c[4], ihl=0)),
+            ("::1", _echo_reply(c[5], ihl=0)),
+            ("::1", _echo_reply(c[5], ihl=0)),  # a duplicate
+        ),
+        _gue_input(0b000011, ("127.0.0.2", _echo_reply(c[0])), ("127.0.0.1", _echo_reply(c[0] + 65536))),
+        _gue_input(0b010000, ("::1", _echo_reply(c[0], ihl=0)[:-1]), ("127.0.0.1", _echo_reply(c[0]) + b"x")),
+    ]
+
+
 def write(directory: Path) -> dict[str, Path]:
     """Write every target's seeds into directory/<target>/ (named by content); {target: dir}."""
     makers = {
@@ -144,6 +188,7 @@ def write(directory: Path) -> dict[str, Path]:
         "table": table_seeds,
         "config": config_seeds,
         "hc_http": hc_http_seeds,
+        "hc_gue": hc_gue_seeds,
     }
     dirs = {}
     for target in TARGETS:

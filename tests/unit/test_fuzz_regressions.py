@@ -33,7 +33,7 @@ def harness_dir() -> Path:
     return ROOT / "build" / "fuzz"
 
 
-@pytest.mark.parametrize("target", ["core", "table", "hc_http"])
+@pytest.mark.parametrize("target", ["core", "table", "hc_http", "hc_gue"])
 def test_c_target_replays_reproducers_and_seeds(target: str, harness_dir: Path, tmp_path: Path) -> None:
     seed_dir = seeds.write(tmp_path)[target]
     files = reproducers(target) + sorted(seed_dir.iterdir())
