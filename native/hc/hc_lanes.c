@@ -389,22 +389,30 @@ int hc_http_send(struct hc_http_lane *lane, const int *slots, const int *fds, in
     return unusual;
 }
 
+/* *buf holds at least need bytes (*cap grows by doubling from first): 0, or -1 out of memory. */
+static int reserve(char **buf, size_t *cap, size_t need, size_t first)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : first;
+    while (c < need)
+        c *= 2;
+    char *grown = realloc(*buf, c);
+    if (grown == NULL)
+        return -1;
+    *buf = grown;
+    *cap = c;
+    return 0;
+}
+
 static int spill(struct hc_http_lane *lane, const char *data, size_t len, struct hc_detail *d)
 {
     d->off = (uint32_t)lane->spill_len;
     d->len = (uint32_t)len;
     if (len == 0) /* end of stream: nothing to keep (and spill may not exist yet) */
         return 0;
-    if (lane->spill_len + len > lane->spill_cap) {
-        size_t cap = lane->spill_cap ? lane->spill_cap : 65536;
-        while (cap < lane->spill_len + len)
-            cap *= 2;
-        char *grown = realloc(lane->spill, cap);
-        if (grown == NULL)
-            return -1;
-        lane->spill = grown;
-        lane->spill_cap = cap;
-    }
+    if (reserve(&lane->spill, &lane->spill_cap, lane->spill_len + len, 65536) < 0)
+        return -1;
     memcpy(lane->spill + lane->spill_len, data, len);
     lane->spill_len += len;
     return 0;
@@ -808,16 +816,8 @@ static void take_reply(struct hc_gue_lane *lane, const unsigned char *d, size_t 
         return; /* from another address: not the answer (Python ignores it too) */
     }
     /* a general run's reply, a duplicate or a late one: Python's matching decides */
-    if (lane->spill_len + len > lane->spill_cap) {
-        size_t cap = lane->spill_cap ? lane->spill_cap : 16384;
-        while (cap < lane->spill_len + len)
-            cap *= 2;
-        char *grown = realloc(lane->spill, cap);
-        if (grown == NULL)
-            return;
-        lane->spill = grown;
-        lane->spill_cap = cap;
-    }
+    if (reserve(&lane->spill, &lane->spill_cap, lane->spill_len + len, 16384) < 0)
+        return;
     struct hc_gue_other *o = &others[(*n_others)++];
     memcpy(lane->spill + lane->spill_len, d, len);
     o->off = (uint32_t)lane->spill_len;

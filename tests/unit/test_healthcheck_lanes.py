@@ -291,33 +291,15 @@ def test_gue_lane_send_and_match_on_loopback():
     their inner echo requests, the C read matches the replies to their slots (latency from the
     kernel timestamps); a reply to a probe taken off the lane is handed back with its bytes."""
     need_root()
-    dst = ipaddress.ip_address("127.0.0.5")
-    nonce = os.urandom(4)
-    ident = 0x4242
-    decap = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    decap.bind((str(dst), 0))
-    port = decap.getsockname()[1]
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-    rx = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.IPPROTO_ICMP)
-    rx.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-    rx.setsockopt(255, 1, struct.pack("I", ~1 & 0xFFFFFFFF))  # SOL_RAW, ICMP_FILTER: echo replies only
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    lane = ffi.gc(lib.hc_gue_new(ident, _TOKEN_MAGIC + nonce), lib.hc_gue_free)
+    dst, port, decap, tx, rx, raw = _gue_loopback("127.0.0.5")
     try:
-        t = _ProbeTemplate("gue", ipaddress.ip_address("127.0.0.1"), dst, ident, nonce)
-        probe = t.build(0)
-        slots = [
-            lib.hc_gue_slot(lane, -1, probe, len(probe), False, dst.packed, port, tx.fileno())
-            for _ in range(3)
-        ]
+        lane, t, slots = _gue_lane(0x4242, dst, port, tx, 3)
         codes, errs = ffi.new("int[]", 3), ffi.new("int[]", 3)
         assert lib.hc_gue_send(lane, ffi.new("int[]", slots), 3, 1000, codes, errs) == 0
         counter, sent = ffi.new("uint64_t *"), ffi.new("int64_t *")
         assert lib.hc_gue_take(lane, slots[2], counter, sent) == 1 and counter[0] == 1002  # off the lane
-        for i in range(3):  # the decapsulator: strip GUE, hand the inner packet to the kernel
-            data = decap.recv(2048)
-            assert data == t.build(1000 + i)
-            raw.sendto(data[8:], (str(dst), 0))
+        # the decapsulator: strip GUE, hand the inner packet to the kernel
+        assert _decapsulate(decap, raw, dst, 3) == [t.build(1000 + i) for i in range(3)]
         time.sleep(0.05)
         m_slots, lat = ffi.new("int[]", 8), ffi.new("double[]", 8)
         others, n_others = ffi.new("struct hc_gue_other[]", 8), ffi.new("int *")
@@ -409,6 +391,18 @@ def _gue_loopback(dst_text: str):
     return dst, decap.getsockname()[1], decap, tx, rx, raw
 
 
+def _gue_lane(ident: int, dst, port: int, tx: socket.socket, n: int):
+    """A lane with a fresh nonce and n slots for probes to dst:port leaving by tx: (lane, template, slots)."""
+    nonce = os.urandom(4)
+    lane = ffi.gc(lib.hc_gue_new(ident, _TOKEN_MAGIC + nonce), lib.hc_gue_free)
+    t = _ProbeTemplate("gue", ipaddress.ip_address("127.0.0.1"), dst, ident, nonce)
+    probe = t.build(0)
+    slots = [
+        lib.hc_gue_slot(lane, -1, probe, len(probe), False, dst.packed, port, tx.fileno()) for _ in range(n)
+    ]
+    return lane, t, slots
+
+
 def _decapsulate(decap: socket.socket, raw: socket.socket, dst, n: int) -> list[bytes]:
     """Receives n probes and hands their inner echo requests to the kernel, which answers them."""
     got = []
@@ -433,15 +427,8 @@ def test_gue_lane_more_probes_than_one_batch():
     need_root()
     n = 100
     dst, port, decap, tx, rx, raw = _gue_loopback("127.0.0.7")
-    nonce, ident = os.urandom(4), 0x4343
-    lane = ffi.gc(lib.hc_gue_new(ident, _TOKEN_MAGIC + nonce), lib.hc_gue_free)
     try:
-        t = _ProbeTemplate("gue", ipaddress.ip_address("127.0.0.1"), dst, ident, nonce)
-        probe = t.build(0)
-        slots = [
-            lib.hc_gue_slot(lane, -1, probe, len(probe), False, dst.packed, port, tx.fileno())
-            for _ in range(n)
-        ]
+        lane, t, slots = _gue_lane(0x4343, dst, port, tx, n)
         codes, errs = ffi.new("int[]", n), ffi.new("int[]", n)
         assert lib.hc_gue_send(lane, ffi.new("int[]", slots), n, 5000, codes, errs) == 0
         assert ffi.unpack(codes, n) == [lib.HC_PASS] * n and ffi.unpack(errs, n) == [0] * n
